@@ -1,0 +1,277 @@
+/**
+ * The secure channel: a handshake followed by the record layer, with the
+ * operations the application uses — JSON control messages, byte streams
+ * (files) and an orderly close.
+ *
+ * Truncation rules: a data stream is complete only when a DATA record with
+ * the END flag arrives; a connection is complete only when a CLOSE record
+ * arrives. A connection that ends anywhere else is reported as truncated.
+ *
+ * @example
+ * ```ts
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 9000 });
+ * const ch = await SecureChannel.client(conn, { verifyServerKey: async () => {} });
+ * await ch.sendMessage({ op: "ls" });
+ * console.log(await ch.recvMessage());
+ * await ch.close();
+ * ```
+ * @module
+ */
+import { utf8, utf8Decoder } from "./bytes.ts";
+import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
+import {
+  clientHandshake,
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  type HandshakeResult,
+  serverHandshake,
+  withDeadline,
+} from "./handshake.ts";
+import { BufferedReader } from "./io.ts";
+import type { ServerPrivateKey } from "./keys.ts";
+import {
+  DEFAULT_MAX_RECORDS,
+  FLAG_END,
+  MAX_RECORD_BODY,
+  type PlainRecord,
+  RecordOpener,
+  RecordReader,
+  RecordSealer,
+  RecordType,
+  RecordWriter,
+} from "./record.ts";
+
+/** Size of the DATA records a stream is cut into. */
+export const DATA_CHUNK = 256 * 1024;
+/** Records a stream may have in flight (sealing or being written) at once. */
+const SEND_DEPTH = 4;
+
+/** A connection as the channel needs it (Deno.Conn fits). */
+export interface Transport {
+  read(p: Uint8Array): Promise<number | null>;
+  write(p: Uint8Array): Promise<number>;
+  close(): void;
+  /** Turns off Nagle's algorithm (TCP); small handshake messages must not wait. */
+  setNoDelay?(noDelay?: boolean): void;
+}
+
+/** Tuning and limits shared by both sides. */
+export interface ChannelOptions {
+  /** Deadline for the whole handshake (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Records per direction before the channel refuses to go on (tests lower it). */
+  maxRecords?: bigint;
+}
+
+/** A message the peer sends when it gives up: machine code plus human text. */
+export interface AlertBody {
+  code: string;
+  message: string;
+}
+
+/** An established, authenticated, encrypted connection. */
+export class SecureChannel {
+  #conn: Transport;
+  #writer: RecordWriter;
+  #reader: RecordReader;
+  #closed = false;
+  /** Handshake facts (transcript hash, server key). */
+  readonly session: HandshakeResult;
+  /** Milliseconds a receive may wait for the next record (0: no limit). */
+  idleTimeoutMs = 0;
+
+  private constructor(
+    conn: Transport,
+    reader: RecordReader,
+    writer: RecordWriter,
+    session: HandshakeResult,
+  ) {
+    this.#conn = conn;
+    this.#reader = reader;
+    this.#writer = writer;
+    this.session = session;
+  }
+
+  static async #establish(
+    conn: Transport,
+    opts: ChannelOptions,
+    run: (reader: BufferedReader) => Promise<HandshakeResult>,
+  ): Promise<SecureChannel> {
+    try {
+      conn.setNoDelay?.(true);
+    } catch { /* not a TCP connection */ }
+    const input = new BufferedReader(conn);
+    const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    let hs: HandshakeResult;
+    try {
+      hs = await withDeadline(run(input), ms, () => safeClose(conn), "handshake");
+    } catch (err) {
+      safeClose(conn);
+      throw err;
+    }
+    const max = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
+    const sealer = await RecordSealer.create(hs.send, max);
+    const opener = await RecordOpener.create(hs.recv, { maxRecords: max });
+    return new SecureChannel(
+      conn,
+      new RecordReader(opener, input),
+      new RecordWriter(sealer, conn),
+      hs,
+    );
+  }
+
+  /** Runs the client handshake on `conn`; `verifyServerKey` decides trust before any secret is sent. */
+  static client(
+    conn: Transport,
+    opts: ChannelOptions & {
+      verifyServerKey: (spki: Uint8Array) => Promise<void>;
+      version?: number;
+    },
+  ): Promise<SecureChannel> {
+    return SecureChannel.#establish(conn, opts, (r) => clientHandshake(conn, r, opts));
+  }
+
+  /** Runs the server handshake on `conn` with the server's private key. */
+  static server(
+    conn: Transport,
+    opts: ChannelOptions & { key: ServerPrivateKey },
+  ): Promise<SecureChannel> {
+    return SecureChannel.#establish(conn, opts, (r) => serverHandshake(conn, r, opts));
+  }
+
+  /** Sends one control message (a JSON object). */
+  sendMessage(msg: object): Promise<void> {
+    const body = utf8.encode(JSON.stringify(msg));
+    if (body.length > MAX_RECORD_BODY) throw new Error("control message too large");
+    return this.#writer.send(RecordType.MSG, 0, body);
+  }
+
+  /**
+   * Reads the next record, applying the idle timeout. Returns null only for an
+   * orderly CLOSE; an ALERT becomes a {@linkcode RemoteError}; an end of
+   * connection without CLOSE is an {@linkcode IntegrityError} (truncation).
+   */
+  async #next(): Promise<PlainRecord | null> {
+    const read = this.#reader.next();
+    const rec = this.idleTimeoutMs > 0
+      ? await withDeadline(read, this.idleTimeoutMs, () => this.abort(), "waiting for the peer")
+      : await read;
+    if (rec === null) {
+      throw new IntegrityError("connection closed unexpectedly (truncated: no close record)");
+    }
+    if (rec.type === RecordType.ALERT) {
+      const a = parseJson(rec.body) as Partial<AlertBody>;
+      throw new RemoteError(
+        String(a.code ?? "error"),
+        String(a.message ?? "peer reported an error"),
+      );
+    }
+    if (rec.type === RecordType.CLOSE) return null;
+    return rec;
+  }
+
+  /** Receives one control message; null when the peer closed the connection in order. */
+  async recvMessageOrClose<T = Record<string, unknown>>(): Promise<T | null> {
+    const rec = await this.#next();
+    if (rec === null) return null;
+    if (rec.type !== RecordType.MSG) {
+      throw new ProtocolError("unexpected data record where a control message was due");
+    }
+    const msg = parseJson(rec.body);
+    if (typeof msg !== "object" || msg === null || Array.isArray(msg)) {
+      throw new ProtocolError("control message is not a JSON object");
+    }
+    return msg as T;
+  }
+
+  /** Receives one control message; a close here is an error. */
+  async recvMessage<T = Record<string, unknown>>(): Promise<T> {
+    const msg = await this.recvMessageOrClose<T>();
+    if (msg === null) throw new ProtocolError("peer closed the connection");
+    return msg;
+  }
+
+  /**
+   * Sends a byte stream as DATA records (at most {@linkcode DATA_CHUNK} bytes
+   * each); the last carries END. Chunks from `source` must not be modified
+   * after they are yielded. Several records are sealed while earlier ones are
+   * written. Returns the number of bytes sent.
+   */
+  async sendStream(source: AsyncIterable<Uint8Array>): Promise<number> {
+    const inflight: Promise<void>[] = [];
+    const push = (p: Promise<void>) => {
+      p.catch(() => {});
+      inflight.push(p);
+    };
+    let held: Uint8Array | null = null;
+    let total = 0;
+    for await (const chunk of source) {
+      for (let o = 0; o < chunk.length; o += DATA_CHUNK) {
+        const part = chunk.subarray(o, Math.min(chunk.length, o + DATA_CHUNK));
+        if (held) push(this.#writer.send(RecordType.DATA, 0, held));
+        held = part;
+        total += part.length;
+        while (inflight.length >= SEND_DEPTH) await inflight.shift();
+      }
+    }
+    push(this.#writer.send(RecordType.DATA, FLAG_END, held ?? new Uint8Array(0)));
+    for (const p of inflight) await p;
+    return total;
+  }
+
+  /**
+   * Yields the chunks of one incoming stream until its END record. A control
+   * message inside a stream is a protocol error; an ALERT (the sender gave up)
+   * is a {@linkcode RemoteError}; a cut connection is an {@linkcode IntegrityError}.
+   */
+  async *recvStream(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
+    while (true) {
+      const rec = await this.#next();
+      if (rec === null) {
+        throw new IntegrityError("peer closed the connection in the middle of a data stream");
+      }
+      if (rec.type !== RecordType.DATA) {
+        throw new ProtocolError("unexpected control message inside a data stream");
+      }
+      if (rec.body.length > 0) yield rec.body;
+      if (rec.flags & FLAG_END) return;
+    }
+  }
+
+  /** Reports a fatal error to the peer (best effort) and closes the connection. */
+  async sendAlert(code: string, message: string): Promise<void> {
+    try {
+      await this.#writer.send(RecordType.ALERT, 0, utf8.encode(JSON.stringify({ code, message })));
+    } catch { /* the peer may be gone */ }
+    this.abort();
+  }
+
+  /** Sends CLOSE, waits until everything is written, and closes the connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      await this.#writer.send(RecordType.CLOSE, 0, new Uint8Array(0));
+    } catch { /* already broken: nothing more to say */ }
+    this.abort();
+  }
+
+  /** Closes the connection at once. */
+  abort(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    safeClose(this.#conn);
+  }
+}
+
+function parseJson(body: Uint8Array): unknown {
+  try {
+    return JSON.parse(utf8Decoder.decode(body));
+  } catch {
+    throw new ProtocolError("malformed control message (not UTF-8 JSON)");
+  }
+}
+
+function safeClose(conn: Transport): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}
