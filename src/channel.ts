@@ -27,6 +27,7 @@ import {
   withDeadline,
 } from "./handshake.ts";
 import { BufferedReader } from "./io.ts";
+import { sanitize } from "./progress.ts";
 import type { ServerPrivateKey } from "./keys.ts";
 import {
   DEFAULT_MAX_RECORDS,
@@ -74,8 +75,11 @@ export class SecureChannel {
   #writer: RecordWriter;
   #reader: RecordReader;
   #closed = false;
+  #broken = false;
   /** Handshake facts (transcript hash, server key). */
   readonly session: HandshakeResult;
+  /** Who is at the other end, for messages: "server" or "client". */
+  readonly peer: string;
   /** Milliseconds a receive may wait for the next record (0: no limit). */
   idleTimeoutMs = 0;
 
@@ -84,7 +88,9 @@ export class SecureChannel {
     reader: RecordReader,
     writer: RecordWriter,
     session: HandshakeResult,
+    peer: string,
   ) {
+    this.peer = peer;
     this.#conn = conn;
     this.#reader = reader;
     this.#writer = writer;
@@ -94,6 +100,7 @@ export class SecureChannel {
   static async #establish(
     conn: Transport,
     opts: ChannelOptions,
+    peer: string,
     run: (reader: BufferedReader) => Promise<HandshakeResult>,
   ): Promise<SecureChannel> {
     try {
@@ -116,6 +123,7 @@ export class SecureChannel {
       new RecordReader(opener, input),
       new RecordWriter(sealer, conn),
       hs,
+      peer,
     );
   }
 
@@ -127,7 +135,7 @@ export class SecureChannel {
       version?: number;
     },
   ): Promise<SecureChannel> {
-    return SecureChannel.#establish(conn, opts, (r) => clientHandshake(conn, r, opts));
+    return SecureChannel.#establish(conn, opts, "server", (r) => clientHandshake(conn, r, opts));
   }
 
   /** Runs the server handshake on `conn` with the server's private key. */
@@ -135,11 +143,12 @@ export class SecureChannel {
     conn: Transport,
     opts: ChannelOptions & { key: ServerPrivateKey },
   ): Promise<SecureChannel> {
-    return SecureChannel.#establish(conn, opts, (r) => serverHandshake(conn, r, opts));
+    return SecureChannel.#establish(conn, opts, "client", (r) => serverHandshake(conn, r, opts));
   }
 
   /** Sends one control message (a JSON object). */
   sendMessage(msg: object): Promise<void> {
+    if (this.#broken) return Promise.reject(new ProtocolError("channel is broken"));
     const body = utf8.encode(JSON.stringify(msg));
     if (body.length > MAX_RECORD_BODY) throw new Error("control message too large");
     return this.#writer.send(RecordType.MSG, 0, body);
@@ -151,6 +160,15 @@ export class SecureChannel {
    * connection without CLOSE is an {@linkcode IntegrityError} (truncation).
    */
   async #next(): Promise<PlainRecord | null> {
+    try {
+      return await this.#nextRecord();
+    } catch (err) {
+      this.#broken = true;
+      throw err;
+    }
+  }
+
+  async #nextRecord(): Promise<PlainRecord | null> {
     const read = this.#reader.next();
     const rec = this.idleTimeoutMs > 0
       ? await withDeadline(read, this.idleTimeoutMs, () => this.abort(), "waiting for the peer")
@@ -160,9 +178,10 @@ export class SecureChannel {
     }
     if (rec.type === RecordType.ALERT) {
       const a = parseJson(rec.body) as Partial<AlertBody>;
+      const text = sanitize(String(a.message ?? "unspecified error"));
       throw new RemoteError(
         String(a.code ?? "error"),
-        String(a.message ?? "peer reported an error"),
+        `${this.peer} ended the connection: ${text}`,
       );
     }
     if (rec.type === RecordType.CLOSE) return null;
@@ -252,6 +271,20 @@ export class SecureChannel {
       await this.#writer.send(RecordType.CLOSE, 0, new Uint8Array(0));
     } catch { /* already broken: nothing more to say */ }
     this.abort();
+  }
+
+  /**
+   * True once the channel can no longer be used for another request: a
+   * receive failed (tampering, truncation, timeout, peer alert) or a caller
+   * declared a protocol violation with {@linkcode markBroken}.
+   */
+  get broken(): boolean {
+    return this.#broken;
+  }
+
+  /** Records that the peer broke the protocol; the connection must be dropped. */
+  markBroken(): void {
+    this.#broken = true;
   }
 
   /** Closes the connection at once. */

@@ -109,7 +109,9 @@ export function describeError(err: unknown): string {
   if (err instanceof Deno.errors.ConnectionRefused) return `connection refused (${err.message})`;
   if (err instanceof Deno.errors.NotFound) return `not found: ${err.message}`;
   if (err instanceof Deno.errors.PermissionDenied) return `permission denied: ${err.message}`;
-  if (err instanceof Deno.errors.NotCapable) return `not allowed by Deno permissions: ${err.message}`;
+  if (err instanceof Deno.errors.NotCapable) {
+    return `not allowed by Deno permissions: ${err.message}`;
+  }
   if (err instanceof Error) return err.message.split("\n")[0];
   return String(err);
 }

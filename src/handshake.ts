@@ -31,6 +31,7 @@ import { AuthError, EfxError, IntegrityError, ProtocolError, TimeoutError } from
 import { BufferedReader, type Writable, writeAll } from "./io.ts";
 import { importServerPublicKey, type ServerPrivateKey } from "./keys.ts";
 import type { DirectionKeys } from "./record.ts";
+import { sanitize } from "./progress.ts";
 
 export const PROTOCOL_VERSION = 1;
 export const MAGIC = utf8.encode("EFXP");
@@ -203,7 +204,7 @@ export function alertToError(body: Uint8Array, peer: string): EfxError {
   const code = body[0] ?? 0;
   let text: string;
   try {
-    text = utf8Decoder.decode(body.subarray(1)).replace(/[\x00-\x1f\x7f]/g, "?");
+    text = sanitize(utf8Decoder.decode(body.subarray(1)));
   } catch {
     text = "(unreadable message)";
   }

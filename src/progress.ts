@@ -110,7 +110,11 @@ function formatEta(sec: number): string {
  * Replaces control characters (which could move the cursor or change the
  * terminal: a remote file name is untrusted) with `?`.
  */
-function sanitize(text: string): string {
+/**
+ * `text` with control characters (C0, DEL, C1) shown as `?`, so that names
+ * and messages from a peer cannot send escape sequences to the terminal.
+ */
+export function sanitize(text: string): string {
   // deno-lint-ignore no-control-regex
   return text.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
 }

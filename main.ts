@@ -1,0 +1,58 @@
+/**
+ * efx: secure file transfer. This file only picks the subcommand and hands
+ * over to its module; every expected failure is printed as one line
+ * `efx: <cause>` with the exit code the error carries (see src/errors.ts).
+ *
+ * @module
+ */
+import { describeError, exitCodeOf } from "./src/errors.ts";
+import { fingerprintCommand, keygenCommand } from "./src/commands/keygen.ts";
+import { serveCommand } from "./src/commands/serve.ts";
+import { downloadCommand, lsCommand, rmCommand, uploadCommand } from "./src/commands/client.ts";
+import { shellCommand } from "./src/shell.ts";
+import { HELP } from "./src/commands/help.ts";
+
+const commands: Record<string, (args: string[]) => Promise<number>> = {
+  keygen: keygenCommand,
+  fingerprint: fingerprintCommand,
+  serve: serveCommand,
+  upload: uploadCommand,
+  put: uploadCommand,
+  download: downloadCommand,
+  get: downloadCommand,
+  ls: lsCommand,
+  rm: rmCommand,
+  shell: shellCommand,
+  help: () => {
+    console.log(HELP);
+    return Promise.resolve(0);
+  },
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first === "--help" || first === "-h") return await commands.help([]);
+  if (first === "--version" || first === "-V") {
+    console.log("efx 0.1.0 (protocol 1)");
+    return 0;
+  }
+  if (first === undefined || first.startsWith("-")) return await shellCommand(argv);
+  const run = commands[first];
+  if (!run) {
+    console.error(`efx: unknown command '${first}' (see 'efx help')`);
+    return 2;
+  }
+  return await run(rest);
+}
+
+if (import.meta.main) {
+  let code: number;
+  try {
+    code = await main(Deno.args);
+  } catch (err) {
+    console.error(`efx: ${describeError(err)}`);
+    if (Deno.env.get("EFX_DEBUG")) console.error(err);
+    code = exitCodeOf(err);
+  }
+  Deno.exit(code);
+}

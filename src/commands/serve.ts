@@ -1,0 +1,75 @@
+/**
+ * `efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem]
+ *  [--max-size SIZE] [--max-connections N] [--handshake-timeout SEC] [--idle-timeout SEC]
+ *  [--quiet | --verbose]`
+ *
+ * @module
+ */
+import { UsageError } from "../errors.ts";
+import { intFlag, parseFlags, sizeFlag } from "../cli/flags.ts";
+import { makeLogger } from "../log.ts";
+import { EfxServer } from "../server.ts";
+
+export const SERVE_USAGE = `usage: efx serve [options]
+  --port N               port to listen on (default 9000)
+  --host ADDR            address to listen on (default 0.0.0.0)
+  --root DIR             storage folder, created if missing (default ./storage)
+  --key FILE             server private key, made if missing (default keys/server.key.pem)
+  --max-size SIZE        largest upload accepted, e.g. 10G (default: no limit)
+  --max-connections N    connections at once before "server busy" (default 256)
+  --handshake-timeout S  seconds a client has to finish the handshake (default 10)
+  --idle-timeout S       seconds of silence before a connection is dropped (default 300)
+  -q, --quiet            log errors only
+  -v, --verbose          log more detail (hashes, listings)`;
+
+/** Runs the server until SIGINT/SIGTERM. */
+export async function serveCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(args, {
+    port: { type: "string" },
+    host: { type: "string" },
+    root: { type: "string" },
+    key: { type: "string" },
+    "max-size": { type: "string" },
+    "max-connections": { type: "string" },
+    "handshake-timeout": { type: "string" },
+    "idle-timeout": { type: "string" },
+    quiet: { type: "boolean", short: "q" },
+    verbose: { type: "boolean", short: "v" },
+    help: { type: "boolean", short: "h" },
+  }, "serve");
+  if (values.help) {
+    console.log(SERVE_USAGE);
+    return 0;
+  }
+  if (positionals.length) throw new UsageError(`serve: unexpected argument '${positionals[0]}'`);
+  const log = makeLogger(values.quiet ? "quiet" : values.verbose ? "verbose" : "normal");
+  const server = await EfxServer.start({
+    host: values.host ?? "0.0.0.0",
+    port: intFlag(values.port, "--port", 9000, 0, 65535),
+    root: values.root ?? "storage",
+    keyPath: values.key ?? "keys/server.key.pem",
+    maxSize: sizeFlag(values["max-size"], "--max-size"),
+    maxConnections: intFlag(values["max-connections"], "--max-connections", 256, 1, 100_000),
+    handshakeTimeoutMs: 1000 *
+      intFlag(values["handshake-timeout"], "--handshake-timeout", 10, 1, 3600),
+    idleTimeoutMs: 1000 * intFlag(values["idle-timeout"], "--idle-timeout", 300, 1, 86400),
+    log,
+    onKeyCreated: (_fp, path) =>
+      console.error(`efx: no server key found; made a new one at ${path}`),
+  });
+  console.error(
+    `efx: serving ${server.root} on ${values.host ?? "0.0.0.0"}:${server.port}\n` +
+      `efx: server key fingerprint: ${server.fingerprint}`,
+  );
+  const stop = () => {
+    log.info("shutting down: no new connections; aborting unfinished transfers");
+    server.shutdown();
+  };
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, stop);
+  await server.done;
+  await server.shutdown();
+  for (const s of signals) Deno.removeSignalListener(s, stop);
+  log.info("stopped");
+  return 0;
+}

@@ -1,0 +1,120 @@
+/**
+ * The application protocol carried in MSG records: requests from the client,
+ * replies from the server, and the trailer that ends every file stream.
+ * PROTOCOL.md ("Application messages") is the normative description.
+ *
+ * Every field read from the peer goes through a checker here, so a malformed
+ * message becomes a clear `bad-request` error rather than a crash.
+ *
+ * @module
+ */
+import { ProtocolError, RemoteError } from "./errors.ts";
+
+/** Client requests. */
+export type Request =
+  | { op: "put"; name: string; size: number; mode: number; mtime: number; force: boolean }
+  | { op: "get"; name: string }
+  | { op: "ls"; pattern?: string; recursive?: boolean }
+  | { op: "rm"; name: string };
+
+/** A failed reply or trailer: machine code and a message for the user. */
+export interface ErrorReply {
+  ok: false;
+  code: string;
+  message: string;
+}
+
+/** Metadata of a file offered for download. */
+export interface GetReply {
+  ok: true;
+  size: number;
+  mode: number;
+  mtime: number;
+}
+
+/** Sent after the END record of every file stream. */
+export type Trailer = { ok: true; sha256: string; bytes: number } | ErrorReply;
+
+/** Listing entries per `ls` reply message (more follow while `more` is true). */
+export const LS_BATCH = 1000;
+
+function fail(what: string): never {
+  throw new RemoteError("bad-request", `malformed request: ${what}`);
+}
+
+function str(v: unknown, what: string, max = 8192): string {
+  if (typeof v !== "string" || v.length > max) fail(`${what} must be a string`);
+  return v;
+}
+
+function uint(v: unknown, what: string): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+    fail(`${what} must be a non-negative integer`);
+  }
+  return v;
+}
+
+/** Checks a request received by the server; throws RemoteError("bad-request"). */
+export function parseRequest(msg: Record<string, unknown>): Request {
+  switch (msg.op) {
+    case "put":
+      return {
+        op: "put",
+        name: str(msg.name, "name"),
+        size: uint(msg.size, "size"),
+        mode: uint(msg.mode, "mode") & 0o7777,
+        mtime: typeof msg.mtime === "number" && Number.isFinite(msg.mtime) ? msg.mtime : Date.now(),
+        force: msg.force === true,
+      };
+    case "get":
+    case "rm":
+      return { op: msg.op, name: str(msg.name, "name") };
+    case "ls":
+      return {
+        op: "ls",
+        pattern: msg.pattern === undefined ? undefined : str(msg.pattern, "pattern"),
+        recursive: msg.recursive === true,
+      };
+    default:
+      fail(`unknown operation ${JSON.stringify(String(msg.op)).slice(0, 40)}`);
+  }
+}
+
+/** Throws the peer's error when `msg` is a failed reply; returns it otherwise. */
+export function expectOk<T extends { ok: true }>(msg: Record<string, unknown>): T {
+  if (msg.ok === true) return msg as unknown as T;
+  if (msg.ok === false) {
+    throw new RemoteError(String(msg.code ?? "error"), String(msg.message ?? "request failed"));
+  }
+  throw new ProtocolError("malformed reply from peer (no ok field)");
+}
+
+/** Checks a trailer; returns the sender's SHA-256 (hex) and byte count. */
+export function parseTrailer(msg: Record<string, unknown>): { sha256: string; bytes: number } {
+  const t = expectOk<{ ok: true; sha256: unknown; bytes: unknown }>(msg);
+  if (typeof t.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(t.sha256)) {
+    throw new ProtocolError("malformed trailer: bad sha256");
+  }
+  if (typeof t.bytes !== "number" || !Number.isSafeInteger(t.bytes) || t.bytes < 0) {
+    throw new ProtocolError("malformed trailer: bad byte count");
+  }
+  return { sha256: t.sha256, bytes: t.bytes };
+}
+
+/** Checks the metadata of a download offer. */
+export function parseGetReply(msg: Record<string, unknown>): GetReply {
+  const r = expectOk<GetReply>(msg);
+  for (const k of ["size", "mode", "mtime"] as const) {
+    if (typeof r[k] !== "number" || !Number.isFinite(r[k]) || r[k] < 0) {
+      throw new ProtocolError(`malformed reply: bad ${k}`);
+    }
+  }
+  return r;
+}
+
+/** The reply for any thrown error: its code when it is a RemoteError, else "error". */
+export function errorReply(err: unknown): ErrorReply {
+  if (err instanceof RemoteError) return { ok: false, code: err.code, message: err.message };
+  const message = err instanceof Error ? err.message.split("\n")[0] : String(err);
+  return { ok: false, code: "error", message };
+}

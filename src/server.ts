@@ -1,0 +1,325 @@
+/**
+ * `efx serve`: accepts connections, runs the handshake, and serves requests
+ * against a {@linkcode Storage} root.
+ *
+ * Each connection is handled on its own (a slow or hostile client only holds
+ * its own connection, bounded by the handshake and idle timeouts). A request
+ * that fails in a way that leaves the channel in step (missing file, name
+ * refused, disk full, hash mismatch) gets an error reply and the connection
+ * goes on; anything that breaks the channel (tampering, truncation, timeout,
+ * protocol violation) ends the connection with an ALERT.
+ *
+ * @example
+ * ```ts
+ * const server = await EfxServer.start({ port: 0, root: "storage", keyPath: "keys/server.key.pem" });
+ * console.log(server.port, server.fingerprint);
+ * await server.shutdown();
+ * ```
+ * @module
+ */
+import { SecureChannel, type Transport } from "./channel.ts";
+import { describeError, EfxError, RemoteError } from "./errors.ts";
+import { AlertCode, encodeAlert } from "./handshake.ts";
+import { writeAll } from "./io.ts";
+import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
+import { type Logger, makeLogger, q } from "./log.ts";
+import { errorReply, LS_BATCH, parseRequest, type Request } from "./messages.ts";
+import { Storage } from "./storage.ts";
+import { receiveFile, sendFile } from "./transfer.ts";
+import { formatBytes, formatDuration, formatRate } from "./progress.ts";
+
+/** Settings of a server. */
+export interface ServerOptions {
+  host?: string;
+  port: number;
+  root: string;
+  keyPath: string;
+  /** Largest upload accepted, in bytes (default: no limit). */
+  maxSize?: number;
+  handshakeTimeoutMs?: number;
+  /** Longest wait for the next record from a client (default 5 minutes). */
+  idleTimeoutMs?: number;
+  /** Connections served at once; more get a "server busy" alert (default 256). */
+  maxConnections?: number;
+  log?: Logger;
+  /** Announces a freshly made key (default: the logger). */
+  onKeyCreated?: (fingerprint: string, path: string) => void;
+}
+
+/** A running server. */
+export class EfxServer {
+  #listener: Deno.Listener;
+  #key: ServerPrivateKey;
+  #storage: Storage;
+  #opts: ServerOptions;
+  #log: Logger;
+  #active = new Set<SecureChannel | Transport>();
+  #handlers = new Set<Promise<void>>();
+  #stopping = false;
+  /** Resolves when the accept loop has ended. */
+  readonly done: Promise<void>;
+
+  private constructor(
+    listener: Deno.Listener,
+    key: ServerPrivateKey,
+    storage: Storage,
+    opts: ServerOptions,
+  ) {
+    this.#listener = listener;
+    this.#key = key;
+    this.#storage = storage;
+    this.#opts = opts;
+    this.#log = opts.log ?? makeLogger("normal");
+    this.done = this.#acceptLoop();
+  }
+
+  /** Opens storage (cleaning stale temp files), loads or makes the key, and listens. */
+  static async start(opts: ServerOptions): Promise<EfxServer> {
+    const log = opts.log ?? makeLogger("normal");
+    const { key, created } = await ensureServerKey(opts.keyPath);
+    if (created) {
+      (opts.onKeyCreated ?? ((fp, p) => log.info(`made a new server key ${p}: ${fp}`)))(
+        key.fingerprint,
+        opts.keyPath,
+      );
+    }
+    const storage = await Storage.open(opts.root);
+    if (storage.removedTemps > 0) {
+      log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
+    }
+    let listener: Deno.Listener;
+    try {
+      listener = Deno.listen({ hostname: opts.host ?? "0.0.0.0", port: opts.port });
+    } catch (err) {
+      throw new EfxError(
+        `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}`,
+      );
+    }
+    return new EfxServer(listener, key, storage, { ...opts, log });
+  }
+
+  /** The port actually listened on. */
+  get port(): number {
+    return (this.#listener.addr as Deno.NetAddr).port;
+  }
+
+  /** The server key's fingerprint. */
+  get fingerprint(): string {
+    return this.#key.fingerprint;
+  }
+
+  /** The storage root's real path. */
+  get root(): string {
+    return this.#storage.root;
+  }
+
+  /** Stops accepting, aborts every connection (unfinished uploads are removed) and waits for cleanup. */
+  async shutdown(): Promise<void> {
+    if (this.#stopping) return await this.done;
+    this.#stopping = true;
+    try {
+      this.#listener.close();
+    } catch { /* already closed */ }
+    for (const c of this.#active) c instanceof SecureChannel ? c.abort() : safeClose(c);
+    await this.done;
+    await Promise.allSettled([...this.#handlers]);
+  }
+
+  async #acceptLoop(): Promise<void> {
+    while (true) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (err) {
+        if (this.#stopping) return;
+        if (err instanceof Deno.errors.BadResource) return;
+        this.#log.error(`accept failed: ${describeError(err)}`);
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      const h = this.#handle(conn).catch((err) =>
+        this.#log.error(`internal error: ${describeError(err)}`)
+      );
+      this.#handlers.add(h);
+      h.finally(() => this.#handlers.delete(h));
+    }
+  }
+
+  async #handle(conn: Deno.Conn): Promise<void> {
+    const addr = conn.remoteAddr as Deno.NetAddr;
+    const peer = addr.hostname.includes(":")
+      ? `[${addr.hostname}]:${addr.port}`
+      : `${addr.hostname}:${addr.port}`;
+    const log = this.#log;
+    if (this.#active.size >= (this.#opts.maxConnections ?? 256)) {
+      log.info(`${peer} refused: server busy (${this.#active.size} connections)`);
+      try {
+        await writeAll(conn, encodeAlert(AlertCode.BUSY, "too many connections; try again later"));
+      } catch { /* gone */ }
+      safeClose(conn);
+      return;
+    }
+    this.#active.add(conn);
+    let ch: SecureChannel;
+    const t0 = performance.now();
+    try {
+      ch = await SecureChannel.server(conn, {
+        key: this.#key,
+        handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
+      });
+    } catch (err) {
+      this.#active.delete(conn);
+      log.info(`${peer} handshake failed: ${describeError(err)}`);
+      return;
+    }
+    this.#active.delete(conn);
+    this.#active.add(ch);
+    ch.idleTimeoutMs = this.#opts.idleTimeoutMs ?? 5 * 60_000;
+    log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
+    let requests = 0;
+    try {
+      while (true) {
+        const msg = await ch.recvMessageOrClose();
+        if (msg === null) break;
+        requests++;
+        let req: Request;
+        try {
+          req = parseRequest(msg);
+        } catch (err) {
+          await ch.sendMessage(errorReply(err));
+          continue;
+        }
+        await this.#serveRequest(ch, req, peer);
+      }
+      await ch.close();
+      log.info(`${peer} disconnected after ${requests} request(s)`);
+    } catch (err) {
+      const why = describeError(err);
+      if (err instanceof RemoteError) {
+        log.info(`${peer} connection ended by client: ${why}`);
+        ch.abort();
+      } else {
+        log.info(`${peer} connection dropped: ${why}`);
+        await ch.sendAlert(alertCode(err), why);
+      }
+    } finally {
+      this.#active.delete(ch);
+    }
+  }
+
+  /** Serves one request. Throws only when the connection must be dropped. */
+  async #serveRequest(ch: SecureChannel, req: Request, peer: string): Promise<void> {
+    const t0 = performance.now();
+    const log = this.#log;
+    const done = (what: string, bytes: number, result: string) => {
+      const ms = performance.now() - t0;
+      log.info(
+        `${peer} ${what} ${formatBytes(bytes)} in ${formatDuration(ms)} (${
+          formatRate(bytes / (ms / 1000))
+        }): ${result}`,
+      );
+    };
+    const replyError = async (what: string, err: unknown) => {
+      if (ch.broken) throw err;
+      await ch.sendMessage(errorReply(err));
+      log.info(`${peer} ${what}: failed: ${describeError(err)}`);
+    };
+    switch (req.op) {
+      case "put": {
+        const what = `put ${q(req.name)}`;
+        const max = this.#opts.maxSize;
+        let writer;
+        try {
+          writer = await this.#storage.beginWrite(req.name, {
+            force: req.force,
+            size: req.size,
+            maxSize: max,
+          });
+        } catch (err) {
+          return await replyError(what, err);
+        }
+        try {
+          await ch.sendMessage({ ok: true });
+          const res = await receiveFile(ch, writer, req.size, (peerSha) =>
+            writer.commit({
+              mode: req.mode,
+              mtime: new Date(req.mtime),
+              expectedSha256: peerSha,
+              force: req.force,
+            }));
+          await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
+          log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
+          done(what, res.bytes, "ok");
+        } catch (err) {
+          await writer.abort();
+          return await replyError(what, err);
+        }
+        return;
+      }
+      case "get": {
+        const what = `get ${q(req.name)}`;
+        let opened;
+        try {
+          opened = await this.#storage.openRead(req.name);
+        } catch (err) {
+          return await replyError(what, err);
+        }
+        const { file, info } = opened;
+        try {
+          await ch.sendMessage({ ok: true, size: info.size, mode: info.mode, mtime: info.mtime });
+          const sent = await sendFile(ch, file, info.size);
+          log.debug(`${peer} ${what} sha256 ${sent.sha256}`);
+          done(what, sent.bytes, "sent");
+        } catch (err) {
+          if (err instanceof RemoteError && !ch.broken) {
+            log.info(`${peer} ${what}: failed: ${describeError(err)}`);
+            return;
+          }
+          throw err;
+        } finally {
+          file.close();
+        }
+        return;
+      }
+      case "ls": {
+        let entries;
+        try {
+          entries = await this.#storage.list(req.pattern, { recursive: req.recursive });
+        } catch (err) {
+          return await replyError("ls", err);
+        }
+        for (let i = 0; i === 0 || i < entries.length; i += LS_BATCH) {
+          const batch = entries.slice(i, i + LS_BATCH);
+          await ch.sendMessage({ ok: true, entries: batch, more: i + LS_BATCH < entries.length });
+        }
+        log.debug(`${peer} ls ${q(req.pattern ?? "")}: ${entries.length} entries`);
+        return;
+      }
+      case "rm": {
+        const what = `rm ${q(req.name)}`;
+        try {
+          await this.#storage.remove(req.name);
+        } catch (err) {
+          return await replyError(what, err);
+        }
+        await ch.sendMessage({ ok: true });
+        done(what, 0, "removed");
+        return;
+      }
+    }
+  }
+}
+
+function alertCode(err: unknown): string {
+  if (err instanceof EfxError) {
+    const name = err.name.replace(/Error$/, "").toLowerCase();
+    return name === "efx" ? "error" : name;
+  }
+  return "error";
+}
+
+function safeClose(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
+}

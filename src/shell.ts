@@ -1,0 +1,156 @@
+/**
+ * The interactive prompt (`efx` with no subcommand, or `efx shell`): one
+ * connection, one command per line. Errors are printed and the prompt goes
+ * on; it ends on `quit`, end of input, or when the connection breaks.
+ *
+ * @module
+ */
+import { basename } from "node:path";
+import type { EfxClient } from "./client.ts";
+import {
+  CONNECT_FLAGS,
+  CONNECT_USAGE,
+  connectFromFlags,
+  getOne,
+  listingLine,
+  putOne,
+  type Ui,
+  uiFromFlags,
+} from "./commands/client.ts";
+import { parseFlags } from "./cli/flags.ts";
+import { describeError, exitCodeOf, UsageError } from "./errors.ts";
+
+export const SHELL_HELP = `commands:
+  put LOCAL [REMOTE] [-f]   upload a file (-f replaces an existing one)
+  get REMOTE [LOCAL] [-f]   download a file (-f replaces an existing local file)
+  ls [PATTERN] [-r]         list files (-r: with subfolders)
+  rm NAME                   remove a file on the server
+  help                      this text
+  quit                      leave (also: exit, Ctrl-D)
+Names with spaces go in quotes: put "my file.txt"`;
+
+/** Splits a command line into words; double or single quotes group, backslash escapes in double quotes. */
+export function splitWords(line: string): string[] {
+  const words: string[] = [];
+  let cur = "";
+  let inWord = false;
+  let quote: string | null = null;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (quote) {
+      if (c === quote) quote = null;
+      else if (c === "\\" && quote === '"' && i + 1 < line.length) cur += line[++i];
+      else cur += c;
+    } else if (c === '"' || c === "'") {
+      quote = c;
+      inWord = true;
+    } else if (c === " " || c === "\t") {
+      if (inWord) words.push(cur);
+      cur = "";
+      inWord = false;
+    } else {
+      cur += c;
+      inWord = true;
+    }
+  }
+  if (quote) throw new UsageError("unclosed quote");
+  if (inWord) words.push(cur);
+  return words;
+}
+
+/** Lines of standard input, without line ends. */
+async function* stdinLines(): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of Deno.stdin.readable) {
+    pending += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      yield pending.slice(0, nl).replace(/\r$/, "");
+      pending = pending.slice(nl + 1);
+    }
+  }
+  if (pending) yield pending;
+}
+
+/** Runs one prompt command. Returns false when the user asked to leave. */
+export async function runShellLine(client: EfxClient, line: string, ui: Ui): Promise<boolean> {
+  const words = splitWords(line.trim());
+  if (words.length === 0) return true;
+  const [cmd, ...rest] = words;
+  const force = rest.includes("-f") || rest.includes("--force");
+  const recursive = rest.includes("-r");
+  const args = rest.filter((w) => !["-f", "--force", "-r"].includes(w));
+  switch (cmd) {
+    case "quit":
+    case "exit":
+    case "bye":
+      return false;
+    case "help":
+    case "?":
+      ui.out(SHELL_HELP);
+      return true;
+    case "put":
+      if (args.length < 1 || args.length > 2) {
+        throw new UsageError("usage: put LOCAL [REMOTE] [-f]");
+      }
+      await putOne(client, args[0], args[1] ?? basename(args[0]), force, ui);
+      return true;
+    case "get":
+      if (args.length < 1 || args.length > 2) {
+        throw new UsageError("usage: get REMOTE [LOCAL] [-f]");
+      }
+      await getOne(client, args[0], args[1] ?? basename(args[0]), force, ui);
+      return true;
+    case "ls":
+      if (args.length > 1) throw new UsageError("usage: ls [PATTERN] [-r]");
+      for (const e of await client.list(args[0], recursive)) ui.out(listingLine(e));
+      return true;
+    case "rm":
+      if (args.length !== 1) throw new UsageError("usage: rm NAME");
+      await client.remove(args[0]);
+      ui.out(`removed ${args[0]}`);
+      return true;
+    default:
+      throw new UsageError(`unknown command '${cmd}' (type 'help')`);
+  }
+}
+
+/** `efx shell [connection options]`, also `efx` alone. */
+export async function shellCommand(args: string[]): Promise<number> {
+  const { values: v, positionals } = parseFlags(args, CONNECT_FLAGS, "shell");
+  if (v.help) {
+    console.log(`usage: efx [shell] [connection options]\n${SHELL_HELP}\n${CONNECT_USAGE}`);
+    return 0;
+  }
+  if (positionals.length) {
+    throw new UsageError(`unknown command '${positionals[0]}' (see 'efx help')`);
+  }
+  const ui = uiFromFlags(v);
+  const client = await connectFromFlags(v, ui);
+  let tty = false;
+  try {
+    tty = Deno.stdin.isTerminal();
+  } catch { /* no stdin */ }
+  const prompt = () => {
+    if (tty) Deno.stdout.writeSync(new TextEncoder().encode("efx> "));
+  };
+  if (tty) ui.out(`connected; type 'help' for commands`);
+  let code = 0;
+  prompt();
+  for await (const line of stdinLines()) {
+    try {
+      if (!(await runShellLine(client, line, ui))) break;
+    } catch (err) {
+      ui.err(`efx: ${describeError(err)}`);
+      if (code === 0) code = exitCodeOf(err);
+      if (client.channel.broken) {
+        client.channel.abort();
+        return code;
+      }
+    }
+    prompt();
+  }
+  await client.close();
+  return tty ? 0 : code;
+}

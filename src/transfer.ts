@@ -1,0 +1,116 @@
+/**
+ * Moving one file's bytes over a channel, the same way in both directions:
+ * the sender streams the file as DATA records and then a trailer with its
+ * SHA-256 and byte count; the receiver writes through an AtomicWriter and
+ * commits only when the trailer's hash equals its own hash of what it wrote.
+ *
+ * Memory does not grow with file size: chunks of {@linkcode DATA_CHUNK}
+ * bytes stream through, a few in flight at a time.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { AtomicWriter } from "./atomic_file.ts";
+import { DATA_CHUNK, type SecureChannel } from "./channel.ts";
+import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
+import { parseTrailer, type Trailer } from "./messages.ts";
+
+/** Result of a finished transfer. */
+export interface TransferResult {
+  bytes: number;
+  /** Hex SHA-256 of the file (computed locally). */
+  sha256: string;
+  /** Hex SHA-256 the peer reported. */
+  peerSha256: string;
+}
+
+/**
+ * Streams `file` (from its current position) and then the trailer. When the
+ * file does not have `size` bytes any more (it changed while being sent),
+ * the trailer reports an error instead, and the receiver discards the file.
+ */
+export async function sendFile(
+  ch: SecureChannel,
+  file: Deno.FsFile,
+  size: number,
+  onBytes: (n: number) => void = () => {},
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  let bytes = 0;
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    while (true) {
+      const buf = new Uint8Array(DATA_CHUNK);
+      let fill = 0;
+      while (fill < buf.length) {
+        const n = await file.read(buf.subarray(fill));
+        if (n === null) break;
+        fill += n;
+      }
+      if (fill === 0) return;
+      const chunk = buf.subarray(0, fill);
+      hash.update(chunk);
+      bytes += fill;
+      onBytes(fill);
+      yield chunk;
+      if (fill < buf.length) return;
+    }
+  }
+  await ch.sendStream(chunks());
+  const sha256 = hash.digest("hex");
+  const trailer: Trailer = bytes === size ? { ok: true, sha256, bytes } : {
+    ok: false,
+    code: "changed",
+    message: `source file changed while being sent (${bytes} bytes read, ${size} expected)`,
+  };
+  await ch.sendMessage(trailer);
+  if (!trailer.ok) throw new RemoteError(trailer.code, trailer.message);
+  return { bytes, sha256 };
+}
+
+/**
+ * Receives one file stream into `writer` and checks it against the trailer;
+ * commits with `commit` (which gets the sender's hash) only when all is well.
+ * On any failure the writer is aborted (no partial file is left) and, when
+ * the channel is still in step, the rest of the stream is drained so that
+ * the connection stays usable for the next request.
+ */
+export async function receiveFile(
+  ch: SecureChannel,
+  writer: AtomicWriter,
+  size: number,
+  commit: (peerSha256: string) => Promise<{ sha256: string; bytes: number }>,
+  onBytes: (n: number) => void = () => {},
+): Promise<TransferResult> {
+  let localError: unknown = undefined;
+  let received = 0;
+  try {
+    for await (const chunk of ch.recvStream()) {
+      received += chunk.length;
+      if (received > size) {
+        ch.markBroken();
+        throw new ProtocolError(`peer sent more than the announced ${size} bytes`);
+      }
+      if (localError !== undefined) continue; // drain after a local write error
+      try {
+        await writer.write(chunk);
+        onBytes(chunk.length);
+      } catch (err) {
+        localError = err;
+        await writer.abort();
+      }
+    }
+    const trailerMsg = await ch.recvMessage();
+    if (localError !== undefined) throw localError;
+    const trailer = parseTrailer(trailerMsg);
+    if (received !== size || trailer.bytes !== size) {
+      throw new IntegrityError(
+        `size mismatch: ${size} bytes announced, ${received} received, ${trailer.bytes} reported`,
+      );
+    }
+    const done = await commit(trailer.sha256);
+    return { bytes: done.bytes, sha256: done.sha256, peerSha256: trailer.sha256 };
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
+}
