@@ -18,7 +18,7 @@
  * @module
  */
 import { utf8, utf8Decoder } from "./bytes.ts";
-import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
+import { AuthError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import {
   clientHandshake,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -179,6 +179,7 @@ export class SecureChannel {
     if (rec.type === RecordType.ALERT) {
       const a = parseJson(rec.body) as Partial<AlertBody>;
       const text = sanitize(String(a.message ?? "unspecified error"));
+      if (a.code === "auth") throw new AuthError(`${this.peer} refused authentication: ${text}`);
       throw new RemoteError(
         String(a.code ?? "error"),
         `${this.peer} ended the connection: ${text}`,

@@ -15,6 +15,7 @@
  * @module
  */
 import { AtomicWriter } from "./atomic_file.ts";
+import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
 import { describeError, EfxError, IntegrityError } from "./errors.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
@@ -29,6 +30,8 @@ export interface ConnectOptions {
   /** Decides whether the server's key is trusted (see trust.ts). */
   verifier: ServerVerifier;
   handshakeTimeoutMs?: number;
+  /** Client identity key, proven to the server right after the handshake. */
+  identity?: ClientIdentity;
 }
 
 /** Hooks for progress display. */
@@ -48,6 +51,8 @@ export class EfxClient {
   readonly channel: SecureChannel;
   /** The server's key fingerprint and how it was trusted. */
   readonly trust: { fingerprint: string; status: string };
+  /** Rights the server granted to our identity ("" when we sent none). */
+  rights = "";
 
   private constructor(channel: SecureChannel, trust: { fingerprint: string; status: string }) {
     this.channel = channel;
@@ -75,7 +80,20 @@ export class EfxClient {
         trust = await opts.verifier(label, spki);
       },
     });
-    return new EfxClient(channel, trust);
+    const client = new EfxClient(channel, trust);
+    if (opts.identity) {
+      try {
+        await channel.sendMessage(
+          await clientAuthMessage(opts.identity, channel.session.transcriptHash),
+        );
+        const reply = expectOk<{ ok: true; rights: string }>(await channel.recvMessage());
+        client.rights = String(reply.rights);
+      } catch (err) {
+        channel.abort();
+        throw err;
+      }
+    }
+    return client;
   }
 
   /** Uploads `localPath` as `remoteName`, carrying its mode bits and mtime. */

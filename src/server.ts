@@ -17,6 +17,13 @@
  * ```
  * @module
  */
+import {
+  allows,
+  type AuthorizedClients,
+  loadAuthorizedClients,
+  type Rights,
+  verifyClientAuth,
+} from "./auth.ts";
 import { SecureChannel, type Transport } from "./channel.ts";
 import { describeError, EfxError, RemoteError } from "./errors.ts";
 import { AlertCode, encodeAlert } from "./handshake.ts";
@@ -41,6 +48,10 @@ export interface ServerOptions {
   idleTimeoutMs?: number;
   /** Connections served at once; more get a "server busy" alert (default 256). */
   maxConnections?: number;
+  /** Admit only clients listed in this file (see auth.ts); re-read for every connection. */
+  authorizedClientsPath?: string;
+  /** Downloads and listings only, for every client. */
+  readOnly?: boolean;
   log?: Logger;
   /** Announces a freshly made key (default: the logger). */
   onKeyCreated?: (fingerprint: string, path: string) => void;
@@ -83,6 +94,7 @@ export class EfxServer {
         opts.keyPath,
       );
     }
+    if (opts.authorizedClientsPath) await loadAuthorizedClients(opts.authorizedClientsPath);
     const storage = await Storage.open(opts.root);
     if (storage.removedTemps > 0) {
       log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
@@ -178,18 +190,29 @@ export class EfxServer {
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
     try {
-      while (true) {
-        const msg = await ch.recvMessageOrClose();
-        if (msg === null) break;
+      let msg = await ch.recvMessageOrClose();
+      const rights = await this.#authorize(ch, msg, peer);
+      if (rights === null) return;
+      if (msg?.op === "auth") msg = await ch.recvMessageOrClose();
+      while (msg !== null) {
         requests++;
-        let req: Request;
+        let req: Request | null = null;
         try {
           req = parseRequest(msg);
+          if (!allows(rights, req.op)) {
+            throw new RemoteError(
+              "permission",
+              `not permitted: this connection has ${
+                rights === "rw" ? "read-write" : rights + "-only"
+              } access`,
+            );
+          }
         } catch (err) {
           await ch.sendMessage(errorReply(err));
-          continue;
+          req = null;
         }
-        await this.#serveRequest(ch, req, peer);
+        if (req) await this.#serveRequest(ch, req, peer);
+        msg = await ch.recvMessageOrClose();
       }
       await ch.close();
       log.info(`${peer} disconnected after ${requests} request(s)`);
@@ -205,6 +228,64 @@ export class EfxServer {
     } finally {
       this.#active.delete(ch);
     }
+  }
+
+  /**
+   * Decides what this connection may do from its first message: an `auth`
+   * message is checked (signature over this session's transcript, then the
+   * authorized-clients file when one is set); without one, an open server
+   * grants its default rights and a closed one refuses. Returns null after
+   * refusing (the connection is then closed).
+   */
+  async #authorize(
+    ch: SecureChannel,
+    first: Record<string, unknown> | null,
+    peer: string,
+  ): Promise<Rights | null> {
+    const log = this.#log;
+    const cap = (r: Rights): Rights | null =>
+      this.#opts.readOnly ? (r === "write" ? null : "read") : r;
+    const refuse = async (logLine: string, message: string) => {
+      log.info(`${peer} refused: ${logLine}`);
+      await ch.sendAlert("auth", message);
+      return null;
+    };
+    const path = this.#opts.authorizedClientsPath;
+    let list: AuthorizedClients | null = null;
+    if (path) {
+      try {
+        list = await loadAuthorizedClients(path);
+      } catch (err) {
+        log.error(`authorized-clients file unusable, refusing everyone: ${describeError(err)}`);
+        return await refuse("authorized-clients file unusable", "server misconfigured");
+      }
+    }
+    if (first?.op !== "auth") {
+      if (list) {
+        return await refuse(
+          "anonymous client (no identity key)",
+          "this server admits only authorized clients; connect with --identity KEY (make one with 'efx keygen --client')",
+        );
+      }
+      return cap("rw");
+    }
+    let fp: string;
+    try {
+      fp = await verifyClientAuth(first, ch.session.transcriptHash);
+    } catch (err) {
+      return await refuse(describeError(err), describeError(err));
+    }
+    const granted = list ? list.get(fp) : "rw";
+    const rights = granted ? cap(granted) : null;
+    if (!rights) {
+      return await refuse(
+        `client ${fp} is not authorized`,
+        `client key ${fp} is not authorized on this server`,
+      );
+    }
+    await ch.sendMessage({ ok: true, fingerprint: fp, rights });
+    log.info(`${peer} authenticated as ${fp} (${rights})`);
+    return rights;
   }
 
   /** Serves one request. Throws only when the connection must be dropped. */

@@ -7,6 +7,7 @@
  */
 import { basename, join } from "node:path";
 import { intFlag, parseFlags, parseHostPort } from "../cli/flags.ts";
+import { type ClientIdentity, loadClientIdentity } from "../auth.ts";
 import { EfxClient } from "../client.ts";
 import { describeError, exitCodeOf, UsageError } from "../errors.ts";
 import { loadPublicKeyFile } from "../keys.ts";
@@ -27,6 +28,7 @@ export const CONNECT_FLAGS = {
   "known-servers": { type: "string" },
   "accept-new": { type: "boolean" },
   "handshake-timeout": { type: "string" },
+  identity: { type: "string", short: "i" },
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
   help: { type: "boolean", short: "h" },
@@ -39,6 +41,7 @@ export const CONNECT_USAGE = `connection options:
   --known-servers FILE     trust-on-first-use list (default ~/.efx/known_servers)
   --accept-new             trust and record an unknown server without asking
   --handshake-timeout S    seconds to wait for the handshake (default 10)
+  -i, --identity FILE      client key proving who you are (default keys/client.key.pem if present)
   -q, --quiet              no progress bar, no summary lines
   -v, --verbose            say how the server was trusted and both SHA-256 values`;
 
@@ -50,6 +53,7 @@ export interface ConnectFlags {
   "known-servers"?: string;
   "accept-new"?: boolean;
   "handshake-timeout"?: string;
+  identity?: string;
   quiet?: boolean;
   verbose?: boolean;
 }
@@ -102,6 +106,7 @@ export async function connectFromFlags(v: ConnectFlags, ui: Ui): Promise<EfxClie
     host,
     port,
     verifier,
+    identity: await identityFromFlags(v.identity),
     handshakeTimeoutMs: 1000 * intFlag(v["handshake-timeout"], "--handshake-timeout", 10, 1, 3600),
   });
   if (ui.verbose) {
@@ -110,6 +115,20 @@ export async function connectFromFlags(v: ConnectFlags, ui: Ui): Promise<EfxClie
     );
   }
   return client;
+}
+
+/** Default identity file, used when it exists. */
+export const DEFAULT_IDENTITY = "keys/client.key.pem";
+
+/** Loads `--identity FILE`, else keys/client.key.pem when it exists, else none. */
+async function identityFromFlags(path: string | undefined): Promise<ClientIdentity | undefined> {
+  if (path !== undefined) return await loadClientIdentity(path);
+  try {
+    await Deno.stat(DEFAULT_IDENTITY);
+  } catch {
+    return undefined; // absent, or not readable under our permissions
+  }
+  return await loadClientIdentity(DEFAULT_IDENTITY);
 }
 
 function makeProgress(name: string, ui: Ui) {

@@ -19,6 +19,8 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --max-connections N    connections at once before "server busy" (default 256)
   --handshake-timeout S  seconds a client has to finish the handshake (default 10)
   --idle-timeout S       seconds of silence before a connection is dropped (default 300)
+  --authorized-clients F admit only the client keys listed in F (lines: SHA256:... [rights=read|write|rw])
+  --read-only            downloads and listings only
   -q, --quiet            log errors only
   -v, --verbose          log more detail (hashes, listings)`;
 
@@ -33,6 +35,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     "max-connections": { type: "string" },
     "handshake-timeout": { type: "string" },
     "idle-timeout": { type: "string" },
+    "authorized-clients": { type: "string" },
+    "read-only": { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
     verbose: { type: "boolean", short: "v" },
     help: { type: "boolean", short: "h" },
@@ -53,6 +57,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     handshakeTimeoutMs: 1000 *
       intFlag(values["handshake-timeout"], "--handshake-timeout", 10, 1, 3600),
     idleTimeoutMs: 1000 * intFlag(values["idle-timeout"], "--idle-timeout", 300, 1, 86400),
+    authorizedClientsPath: values["authorized-clients"],
+    readOnly: values["read-only"] === true,
     log,
     onKeyCreated: (_fp, path) =>
       console.error(`efx: no server key found; made a new one at ${path}`),
@@ -61,6 +67,15 @@ export async function serveCommand(args: string[]): Promise<number> {
     `efx: serving ${server.root} on ${values.host ?? "0.0.0.0"}:${server.port}\n` +
       `efx: server key fingerprint: ${server.fingerprint}`,
   );
+  if (!values["authorized-clients"]) {
+    console.error(
+      `efx: WARNING: no --authorized-clients file: ANY client that can reach this port may ${
+        values["read-only"] ? "download and list" : "upload, download, list and remove"
+      } files`,
+    );
+  } else {
+    console.error(`efx: admitting only the clients listed in ${values["authorized-clients"]}`);
+  }
   const stop = () => {
     log.info("shutting down: no new connections; aborting unfinished transfers");
     server.shutdown();
