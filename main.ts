@@ -45,13 +45,22 @@ async function main(argv: string[]): Promise<number> {
   return await run(rest);
 }
 
+/** EFX_DEBUG=1 shows stack traces; reading it needs env permission, which the server lacks. */
+function debugWanted(): boolean {
+  try {
+    return !!Deno.env.get("EFX_DEBUG");
+  } catch {
+    return false;
+  }
+}
+
 if (import.meta.main) {
   let code: number;
   try {
     code = await main(Deno.args);
   } catch (err) {
     console.error(`efx: ${describeError(err)}`);
-    if (Deno.env.get("EFX_DEBUG")) console.error(err);
+    if (debugWanted()) console.error(err);
     code = exitCodeOf(err);
   }
   Deno.exit(code);

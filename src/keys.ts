@@ -166,8 +166,15 @@ export async function writeKeyPair(
   }
   const pair = await generateKeyPair(opts.bits ?? DEFAULT_BITS);
   try {
-    await Deno.mkdir(dir, { recursive: true });
-    await writeNew(privatePath, pair.privatePem, 0o600, opts.force);
+    // Make the folder only when missing: a server confined by Deno
+    // permissions to its two key files may not touch the folder itself.
+    try {
+      await writeNew(privatePath, pair.privatePem, 0o600, opts.force);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      await Deno.mkdir(dir, { recursive: true });
+      await writeNew(privatePath, pair.privatePem, 0o600, opts.force);
+    }
     await writeNew(publicPath, pair.publicPem, 0o644, opts.force);
   } catch (err) {
     if (err instanceof KeyFileError) throw err;

@@ -113,6 +113,7 @@ export async function connectFromFlags(v: ConnectFlags, ui: Ui): Promise<EfxClie
     ui.err(
       `efx: connected to ${host}:${port}, server key ${client.trust.fingerprint} (${client.trust.status})`,
     );
+    if (client.rights) ui.err(`efx: identity accepted; server granted ${client.rights} access`);
   }
   return client;
 }
