@@ -1,0 +1,285 @@
+/**
+ * Generates tests/vectors/channel.json: byte-exact vectors for the efx
+ * handshake, key schedule, keystream and record layer (see PROTOCOL.md).
+ *
+ *     deno run --allow-read --allow-write --allow-run tests/vectors/generate.ts [--check] [--new-key]
+ *
+ * Everything is deterministic except two inputs that cannot be: the RSA test
+ * key pair and the RSA-OAEP ciphertext of the secret (OAEP is randomized).
+ * Both are made once (the key with `openssl genpkey`, the ciphertext with
+ * WebCrypto), stored in channel.json, and reused on every later run, so a
+ * rerun reproduces the file byte for byte. `--new-key` makes new ones;
+ * `--check` compares instead of writing and exits 1 on a difference.
+ *
+ * The key pair is a PUBLIC TEST KEY: it is published in this repository and
+ * must never protect anything.
+ *
+ * @module
+ */
+import { concat, fromHex, sha256, toHex, utf8 } from "../../src/bytes.ts";
+import {
+  deriveSessionKeys,
+  encodeClientHello,
+  encodeClientKey,
+  encodeHandshakeMessage,
+  encodeServerHello,
+  finishedMac,
+  HandshakeType,
+  PROTOCOL_VERSION,
+} from "../../src/handshake.ts";
+import { Keystream, keystreamSalt } from "../../src/keystream.ts";
+import { type DirectionKeys, FLAG_END, RecordSealer, RecordType } from "../../src/record.ts";
+
+/** Where the vectors live. */
+export const VECTORS_PATH = new URL("./channel.json", import.meta.url);
+
+/** The fixed, made-up inputs (counting patterns, easy to spot in a hex dump). */
+export const FIXED = {
+  secret: counting(0x00, 32),
+  clientNonce: counting(0xa0, 32),
+  serverNonce: counting(0xc0, 32),
+};
+
+/** The two inputs that are produced once and then kept (see the module doc). */
+export interface KeptInputs {
+  privatePem: string;
+  ciphertext: Uint8Array<ArrayBuffer>;
+}
+
+/** One record of the vectors: its plaintext fields and its sealed wire frame. */
+export interface RecordVector {
+  name: string;
+  direction: "c2s" | "s2c";
+  seq: number;
+  type: number;
+  flags: number;
+  body_hex: string;
+  frame_hex: string;
+}
+
+/** The records sealed for the vectors, in sequence order per direction. */
+export const RECORDS: {
+  name: string;
+  direction: "c2s" | "s2c";
+  type: RecordType;
+  flags: number;
+  body: Uint8Array;
+}[] = [
+  { name: "empty MSG", direction: "c2s", type: RecordType.MSG, flags: 0, body: new Uint8Array(0) },
+  {
+    name: "short MSG",
+    direction: "c2s",
+    type: RecordType.MSG,
+    flags: 0,
+    body: utf8.encode('{"op":"ping"}'),
+  },
+  {
+    name: "DATA of 100 bytes (byte i = i)",
+    direction: "c2s",
+    type: RecordType.DATA,
+    flags: 0,
+    body: counting(0, 100),
+  },
+  {
+    name: "DATA with END",
+    direction: "c2s",
+    type: RecordType.DATA,
+    flags: FLAG_END,
+    body: utf8.encode("end of file\n"),
+  },
+  { name: "CLOSE", direction: "s2c", type: RecordType.CLOSE, flags: 0, body: new Uint8Array(0) },
+  {
+    name: "ALERT",
+    direction: "s2c",
+    type: RecordType.ALERT,
+    flags: 0,
+    body: utf8.encode('{"code":"not-found","message":"no such file"}'),
+  },
+];
+
+/** Bytes start, start+1, ... (mod 256). */
+export function counting(start: number, n: number): Uint8Array<ArrayBuffer> {
+  return Uint8Array.from({ length: n }, (_, i) => (start + i) & 0xff);
+}
+
+/** SPKI DER of the public half of a PKCS#8 PEM RSA key, as the server sends it. */
+export async function spkiOfPrivatePem(pem: string): Promise<Uint8Array<ArrayBuffer>> {
+  const b64 = pem.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, "");
+  const der = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const alg = { name: "RSA-OAEP", hash: "SHA-256" };
+  const priv = await crypto.subtle.importKey("pkcs8", der, alg, true, ["decrypt"]);
+  const { n, e } = await crypto.subtle.exportKey("jwk", priv);
+  const pub = await crypto.subtle.importKey("jwk", { kty: "RSA", n, e }, alg, true, ["encrypt"]);
+  return new Uint8Array(await crypto.subtle.exportKey("spki", pub));
+}
+
+/** Builds the whole vector file from the kept inputs (deterministic). */
+export async function buildVectors(kept: KeptInputs): Promise<Record<string, unknown>> {
+  const spki = await spkiOfPrivatePem(kept.privatePem);
+  const fp = "SHA256:" + btoa(String.fromCharCode(...await sha256(spki))).replace(/=+$/, "");
+
+  const clientHello = encodeClientHello(FIXED.clientNonce);
+  const serverHello = encodeServerHello(FIXED.serverNonce, spki);
+  const clientKey = encodeClientKey(kept.ciphertext);
+  const th = await sha256(clientHello, serverHello, clientKey);
+  const keys = await deriveSessionKeys(FIXED.secret, th);
+  const cfMac = finishedMac(keys.clientFinishedKey, "client", th);
+  const sfMac = finishedMac(keys.serverFinishedKey, "server", th);
+  const clientFinished = encodeHandshakeMessage(HandshakeType.CLIENT_FINISHED, cfMac);
+  const serverFinished = encodeHandshakeMessage(HandshakeType.SERVER_FINISHED, sfMac);
+
+  const ks = await Keystream.create(keys.c2s.enc);
+  const records: RecordVector[] = [];
+  for (const direction of ["c2s", "s2c"] as const) {
+    const dk: DirectionKeys = keys[direction];
+    const sealer = await RecordSealer.create(dk);
+    for (const r of RECORDS.filter((r) => r.direction === direction)) {
+      const seq = Number(sealer.nextSeq);
+      const frame = await sealer.seal(r.type, r.flags, r.body);
+      records.push({
+        name: r.name,
+        direction,
+        seq,
+        type: r.type,
+        flags: r.flags,
+        body_hex: toHex(r.body),
+        frame_hex: toHex(frame),
+      });
+    }
+  }
+
+  return {
+    description: "efx protocol version 1 test vectors; see PROTOCOL.md. All byte strings are " +
+      "lower-case hex. Regenerate with: deno run --allow-read --allow-write --allow-run " +
+      "tests/vectors/generate.ts",
+    protocol_version: PROTOCOL_VERSION,
+    rsa_test_key: {
+      WARNING: "PUBLIC TEST KEY: published with these vectors, never use it to protect anything",
+      bits: 2048,
+      private_pkcs8_pem: kept.privatePem,
+      spki_hex: toHex(spki),
+      fingerprint: fp,
+    },
+    inputs: {
+      secret: toHex(FIXED.secret),
+      client_nonce: toHex(FIXED.clientNonce),
+      server_nonce: toHex(FIXED.serverNonce),
+      client_key_ciphertext: toHex(kept.ciphertext),
+      ciphertext_note: "RSA-OAEP-SHA256 is randomized: this ciphertext of `secret` under the " +
+        "test key was produced once and is kept as an input",
+    },
+    handshake: {
+      client_hello: toHex(clientHello),
+      server_hello: toHex(serverHello),
+      client_key: toHex(clientKey),
+      transcript_hash: toHex(th),
+      client_finished: toHex(clientFinished),
+      server_finished: toHex(serverFinished),
+    },
+    key_schedule: {
+      hkdf_hash: "SHA-256",
+      hkdf_ikm: toHex(FIXED.secret),
+      hkdf_salt: toHex(th),
+      hkdf_info_ascii: "efx1 keys",
+      hkdf_length: 192,
+      okm: toHex(
+        concat(
+          keys.c2s.enc,
+          keys.c2s.mac,
+          keys.s2c.enc,
+          keys.s2c.mac,
+          keys.clientFinishedKey,
+          keys.serverFinishedKey,
+        ),
+      ),
+      c2s_enc: toHex(keys.c2s.enc),
+      c2s_mac: toHex(keys.c2s.mac),
+      s2c_enc: toHex(keys.s2c.enc),
+      s2c_mac: toHex(keys.s2c.mac),
+      client_finished_key: toHex(keys.clientFinishedKey),
+      server_finished_key: toHex(keys.serverFinishedKey),
+    },
+    key_confirmation: {
+      client_finished_mac: toHex(cfMac),
+      server_finished_mac: toHex(sfMac),
+    },
+    keystream: {
+      direction: "c2s",
+      key: toHex(keys.c2s.enc),
+      seq0_salt: toHex(keystreamSalt(0n)),
+      seq0_first_80: toHex(await ks.generate(0n, 80)),
+      seq1_salt: toHex(keystreamSalt(1n)),
+      seq1_first_80: toHex(await ks.generate(1n, 80)),
+    },
+    records,
+  };
+}
+
+/** The JSON text exactly as stored. */
+export function serialize(vectors: Record<string, unknown>): string {
+  return JSON.stringify(vectors, null, 2) + "\n";
+}
+
+async function opensslKey(): Promise<string> {
+  const out = await new Deno.Command("openssl", {
+    args: ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`openssl genpkey failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  const pem = new TextDecoder().decode(out.stdout);
+  if (!pem.startsWith("-----BEGIN PRIVATE KEY-----")) {
+    throw new Error("openssl did not write PKCS#8");
+  }
+  return pem;
+}
+
+async function freshInputs(): Promise<KeptInputs> {
+  const privatePem = await opensslKey();
+  const spki = await spkiOfPrivatePem(privatePem);
+  const pub = await crypto.subtle.importKey(
+    "spki",
+    spki,
+    { name: "RSA-OAEP", hash: "SHA-256" },
+    false,
+    ["encrypt"],
+  );
+  const ciphertext = new Uint8Array(
+    await crypto.subtle.encrypt({ name: "RSA-OAEP" }, pub, FIXED.secret),
+  );
+  return { privatePem, ciphertext };
+}
+
+async function keptInputs(): Promise<KeptInputs | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(VECTORS_PATH);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+  const v = JSON.parse(text);
+  return {
+    privatePem: v.rsa_test_key.private_pkcs8_pem,
+    ciphertext: fromHex(v.inputs.client_key_ciphertext) as Uint8Array<ArrayBuffer>,
+  };
+}
+
+if (import.meta.main) {
+  const check = Deno.args.includes("--check");
+  const kept = Deno.args.includes("--new-key") ? null : await keptInputs();
+  if (check && !kept) {
+    console.error("generate.ts --check: no channel.json to check");
+    Deno.exit(1);
+  }
+  const text = serialize(await buildVectors(kept ?? await freshInputs()));
+  if (check) {
+    const same = text === await Deno.readTextFile(VECTORS_PATH);
+    console.log(same ? "channel.json is up to date" : "channel.json differs from the generator");
+    Deno.exit(same ? 0 : 1);
+  }
+  await Deno.writeTextFile(VECTORS_PATH, text);
+  console.log(`wrote ${VECTORS_PATH.pathname}`);
+}

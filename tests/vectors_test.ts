@@ -1,0 +1,292 @@
+/**
+ * Checks the implementation against tests/vectors/channel.json and checks
+ * every derived value of the vectors again with an independent computation
+ * (node:crypto only, written from PROTOCOL.md), so that the vectors cannot
+ * merely mirror the code that produced them.
+ */
+import assert from "node:assert/strict";
+import {
+  constants,
+  createHash,
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  hkdfSync,
+  privateDecrypt,
+} from "node:crypto";
+import { join } from "node:path";
+import { fromHex, sha256, toHex } from "../src/bytes.ts";
+import {
+  deriveSessionKeys,
+  encodeClientHello,
+  encodeClientKey,
+  encodeHandshakeMessage,
+  encodeServerHello,
+  finishedMac,
+  HandshakeType,
+  parseClientHello,
+  parseClientKey,
+  parseServerHello,
+} from "../src/handshake.ts";
+import { fingerprint, loadServerPrivateKey } from "../src/keys.ts";
+import { Keystream, keystreamSalt } from "../src/keystream.ts";
+import { type DirectionKeys, RecordOpener, RecordSealer } from "../src/record.ts";
+import { buildVectors, type RecordVector, serialize, VECTORS_PATH } from "./vectors/generate.ts";
+
+const V = JSON.parse(await Deno.readTextFile(VECTORS_PATH));
+const h = (s: string) => fromHex(s) as Uint8Array<ArrayBuffer>;
+const ascii = (s: string) => new TextEncoder().encode(s);
+
+const secret = h(V.inputs.secret);
+const nonceC = h(V.inputs.client_nonce);
+const nonceS = h(V.inputs.server_nonce);
+const ciphertext = h(V.inputs.client_key_ciphertext);
+const spki = h(V.rsa_test_key.spki_hex);
+const th = h(V.handshake.transcript_hash);
+const KS = V.key_schedule;
+
+// ---- independent reference code (node:crypto and plain byte handling only) ----
+
+function be(n: bigint | number, bytes: number): Uint8Array {
+  const out = new Uint8Array(bytes);
+  let v = BigInt(n);
+  for (let i = bytes - 1; i >= 0; i--) {
+    out[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  return out;
+}
+
+function cat(...parts: (Uint8Array | number[])[]): Uint8Array {
+  return Uint8Array.from(parts.flatMap((p) => [...p]));
+}
+
+/** type u8 | length u16be | body */
+function refHandshakeMessage(type: number, body: Uint8Array): Uint8Array {
+  return cat([type], be(body.length, 2), body);
+}
+
+function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
+  const m = createHmac("sha256", key);
+  for (const p of parts) m.update(p);
+  return new Uint8Array(m.digest());
+}
+
+/** Keystream block by block: HMAC(K, "efx1 ks" || u64 seq || u32 i), i = 1, 2, ... */
+function refKeystream(key: Uint8Array, seq: bigint, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 1, o = 0; o < n; i++, o += 32) {
+    const block = hmac(key, ascii("efx1 ks"), be(seq, 8), be(i, 4));
+    out.set(block.subarray(0, Math.min(32, n - o)), o);
+  }
+  return out;
+}
+
+/** header | body XOR keystream | HMAC(mac, u64 seq || header || ciphertext) */
+function refSeal(
+  keys: { enc: Uint8Array; mac: Uint8Array },
+  seq: bigint,
+  type: number,
+  flags: number,
+  body: Uint8Array,
+): Uint8Array {
+  const header = cat([type, flags, 0, 0], be(body.length, 4));
+  const ks = refKeystream(keys.enc, seq, body.length);
+  const ct = body.map((b, i) => b ^ ks[i]);
+  return cat(header, ct, hmac(keys.mac, be(seq, 8), header, ct));
+}
+
+function refKeys(direction: string): { enc: Uint8Array; mac: Uint8Array } {
+  return { enc: h(KS[`${direction}_enc`]), mac: h(KS[`${direction}_mac`]) };
+}
+
+function implKeys(direction: string): DirectionKeys {
+  return { enc: h(KS[`${direction}_enc`]), mac: h(KS[`${direction}_mac`]) };
+}
+
+// ---- tests ----
+
+Deno.test("vectors: generator reproduces channel.json byte for byte", async () => {
+  const text = await Deno.readTextFile(VECTORS_PATH);
+  const rebuilt = serialize(
+    await buildVectors({ privatePem: V.rsa_test_key.private_pkcs8_pem, ciphertext }),
+  );
+  assert.equal(rebuilt, text);
+});
+
+Deno.test("vectors: test key is the embedded public test key; SPKI and fingerprint match", async () => {
+  assert.match(V.rsa_test_key.WARNING, /PUBLIC TEST KEY/);
+  const priv = createPrivateKey(V.rsa_test_key.private_pkcs8_pem);
+  assert.equal(priv.asymmetricKeyDetails?.modulusLength, 2048);
+  const refSpki = new Uint8Array(createPublicKey(priv).export({ type: "spki", format: "der" }));
+  assert.equal(toHex(refSpki), V.rsa_test_key.spki_hex);
+  const refFp = "SHA256:" +
+    createHash("sha256").update(refSpki).digest("base64").replace(/=+$/, "");
+  assert.equal(V.rsa_test_key.fingerprint, refFp);
+  assert.equal(await fingerprint(spki), refFp);
+  // The server loading the key file presents exactly this SPKI.
+  const dir = await Deno.makeTempDir({ prefix: "efx-vectors-" });
+  try {
+    const path = join(dir, "server.key.pem");
+    await Deno.writeTextFile(path, V.rsa_test_key.private_pkcs8_pem);
+    const key = await loadServerPrivateKey(path);
+    assert.equal(toHex(key.spki), V.rsa_test_key.spki_hex);
+    // WebCrypto (the server's path) decrypts the fixed ciphertext to the secret.
+    const plain = await crypto.subtle.decrypt({ name: "RSA-OAEP" }, key.decryptKey, ciphertext);
+    assert.equal(toHex(new Uint8Array(plain)), V.inputs.secret);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vectors: the fixed OAEP ciphertext decrypts (node:crypto) to the secret", () => {
+  const plain = privateDecrypt(
+    {
+      key: V.rsa_test_key.private_pkcs8_pem,
+      padding: constants.RSA_PKCS1_OAEP_PADDING,
+      oaepHash: "sha256",
+    },
+    ciphertext,
+  );
+  assert.equal(toHex(new Uint8Array(plain)), V.inputs.secret);
+  assert.equal(ciphertext.length, 256);
+});
+
+Deno.test("vectors: handshake messages (implementation and by-hand layout)", () => {
+  const magicVersion = cat(ascii("EFXP"), be(1, 2));
+  const refCH = refHandshakeMessage(1, cat(magicVersion, nonceC));
+  const refSH = refHandshakeMessage(2, cat(magicVersion, nonceS, be(spki.length, 2), spki));
+  const refCK = refHandshakeMessage(3, cat(be(ciphertext.length, 2), ciphertext));
+  assert.equal(toHex(refCH), V.handshake.client_hello);
+  assert.equal(toHex(refSH), V.handshake.server_hello);
+  assert.equal(toHex(refCK), V.handshake.client_key);
+  assert.equal(toHex(encodeClientHello(nonceC)), V.handshake.client_hello);
+  assert.equal(toHex(encodeServerHello(nonceS, spki)), V.handshake.server_hello);
+  assert.equal(toHex(encodeClientKey(ciphertext)), V.handshake.client_key);
+  // And the parsers read back what the layout says.
+  const ch = parseClientHello(refCH.subarray(3));
+  assert.equal(ch.version, 1);
+  assert.equal(toHex(ch.nonce), V.inputs.client_nonce);
+  const sh = parseServerHello(refSH.subarray(3));
+  assert.equal(toHex(sh.nonce), V.inputs.server_nonce);
+  assert.equal(toHex(sh.spki), V.rsa_test_key.spki_hex);
+  assert.equal(toHex(parseClientKey(refCK.subarray(3))), V.inputs.client_key_ciphertext);
+});
+
+Deno.test("vectors: transcript hash", async () => {
+  const ref = createHash("sha256")
+    .update(h(V.handshake.client_hello))
+    .update(h(V.handshake.server_hello))
+    .update(h(V.handshake.client_key))
+    .digest("hex");
+  assert.equal(ref, V.handshake.transcript_hash);
+  const impl = await sha256(
+    h(V.handshake.client_hello),
+    h(V.handshake.server_hello),
+    h(V.handshake.client_key),
+  );
+  assert.equal(toHex(impl), V.handshake.transcript_hash);
+});
+
+Deno.test("vectors: key schedule (HKDF-SHA256, salt = th, info = 'efx1 keys', 192 bytes)", async () => {
+  assert.equal(KS.hkdf_ikm, V.inputs.secret);
+  assert.equal(KS.hkdf_salt, V.handshake.transcript_hash);
+  const okm = new Uint8Array(hkdfSync("sha256", secret, th, ascii("efx1 keys"), 192));
+  assert.equal(toHex(okm), KS.okm);
+  const names = [
+    "c2s_enc",
+    "c2s_mac",
+    "s2c_enc",
+    "s2c_mac",
+    "client_finished_key",
+    "server_finished_key",
+  ];
+  names.forEach((name, i) => assert.equal(toHex(okm.subarray(32 * i, 32 * i + 32)), KS[name]));
+  // All six keys differ.
+  assert.equal(new Set(names.map((n) => KS[n])).size, 6);
+
+  const keys = await deriveSessionKeys(secret, th);
+  assert.equal(toHex(keys.c2s.enc), KS.c2s_enc);
+  assert.equal(toHex(keys.c2s.mac), KS.c2s_mac);
+  assert.equal(toHex(keys.s2c.enc), KS.s2c_enc);
+  assert.equal(toHex(keys.s2c.mac), KS.s2c_mac);
+  assert.equal(toHex(keys.clientFinishedKey), KS.client_finished_key);
+  assert.equal(toHex(keys.serverFinishedKey), KS.server_finished_key);
+});
+
+Deno.test("vectors: key confirmation (finished MACs and messages)", () => {
+  const refCf = hmac(h(KS.client_finished_key), ascii("efx1 client finished"), th);
+  const refSf = hmac(h(KS.server_finished_key), ascii("efx1 server finished"), th);
+  assert.equal(toHex(refCf), V.key_confirmation.client_finished_mac);
+  assert.equal(toHex(refSf), V.key_confirmation.server_finished_mac);
+  assert.equal(toHex(refHandshakeMessage(4, refCf)), V.handshake.client_finished);
+  assert.equal(toHex(refHandshakeMessage(5, refSf)), V.handshake.server_finished);
+
+  assert.equal(
+    toHex(finishedMac(h(KS.client_finished_key), "client", th)),
+    V.key_confirmation.client_finished_mac,
+  );
+  assert.equal(
+    toHex(finishedMac(h(KS.server_finished_key), "server", th)),
+    V.key_confirmation.server_finished_mac,
+  );
+  assert.equal(
+    toHex(encodeHandshakeMessage(HandshakeType.SERVER_FINISHED, refSf)),
+    V.handshake.server_finished,
+  );
+});
+
+Deno.test("vectors: keystream prefix for seq 0 and seq 1 (c2s)", async () => {
+  const k = V.keystream;
+  assert.equal(k.key, KS.c2s_enc);
+  assert.equal(k.seq0_salt, toHex(cat(ascii("efx1 ks"), be(0, 8))));
+  assert.equal(k.seq1_salt, toHex(cat(ascii("efx1 ks"), be(1, 8))));
+  assert.equal(toHex(keystreamSalt(0n)), k.seq0_salt);
+  assert.equal(toHex(keystreamSalt(1n)), k.seq1_salt);
+  assert.equal(toHex(refKeystream(h(k.key), 0n, 80)), k.seq0_first_80);
+  assert.equal(toHex(refKeystream(h(k.key), 1n, 80)), k.seq1_first_80);
+  const ks = await Keystream.create(h(k.key));
+  assert.equal(toHex(await ks.generate(0n, 80)), k.seq0_first_80);
+  assert.equal(toHex(await ks.generate(1n, 80)), k.seq1_first_80);
+  // Prefix property: a shorter keystream is a prefix of a longer one.
+  assert.equal(toHex(await ks.generate(0n, 33)), k.seq0_first_80.slice(0, 66));
+});
+
+Deno.test("vectors: sealed frames match an independent sealing", () => {
+  const records: RecordVector[] = V.records;
+  assert.ok(records.length >= 4);
+  for (const r of records) {
+    const ref = refSeal(refKeys(r.direction), BigInt(r.seq), r.type, r.flags, h(r.body_hex));
+    assert.equal(toHex(ref), r.frame_hex, r.name);
+  }
+  // Sequence numbers count from 0 per direction, in file order.
+  for (const dir of ["c2s", "s2c"]) {
+    const seqs = records.filter((r) => r.direction === dir).map((r) => r.seq);
+    assert.deepEqual(seqs, seqs.map((_, i) => i));
+  }
+});
+
+Deno.test("vectors: RecordOpener opens the frames; RecordSealer re-seals them to equal bytes", async () => {
+  const records: RecordVector[] = V.records;
+  for (const dir of ["c2s", "s2c"]) {
+    const opener = await RecordOpener.create(implKeys(dir));
+    const sealer = await RecordSealer.create(implKeys(dir));
+    for (const r of records.filter((r) => r.direction === dir)) {
+      const rec = await opener.open(h(r.frame_hex));
+      assert.equal(rec.type, r.type, r.name);
+      assert.equal(rec.flags, r.flags, r.name);
+      assert.equal(toHex(rec.body), r.body_hex, r.name);
+      const again = await sealer.seal(rec.type, rec.flags, rec.body);
+      assert.equal(toHex(again), r.frame_hex, r.name);
+    }
+  }
+});
+
+Deno.test("vectors: a frame opened under the wrong direction's keys or seq fails", async () => {
+  const records: RecordVector[] = V.records;
+  const c2s = records.filter((r) => r.direction === "c2s");
+  const wrongDir = await RecordOpener.create(implKeys("s2c"));
+  await assert.rejects(wrongDir.open(h(c2s[0].frame_hex)), { name: "IntegrityError" });
+  const wrongSeq = await RecordOpener.create(implKeys("c2s"));
+  await assert.rejects(wrongSeq.open(h(c2s[1].frame_hex)), { name: "IntegrityError" });
+});
