@@ -72,6 +72,16 @@ export interface CreateOptions {
    * error codes.
    */
   mapError?: (err: unknown) => unknown;
+  /**
+   * Resumable mode: write through the partial file at `path` instead of a
+   * fresh temp file, continuing after its first `offset` bytes (which are
+   * re-hashed, so the commit still checks the whole file; the rest is cut
+   * off). The partial is KEPT when the transfer fails, so that it can be
+   * resumed later, except when the whole-file hash does not match (it is
+   * then worthless and removed). Use {@linkcode AtomicWriter.discard} to
+   * drop it.
+   */
+  partial?: { path: string; offset: number };
 }
 
 /** The final file already exists and `force` was not given. */
@@ -124,6 +134,7 @@ export class AtomicWriter {
   #force: boolean;
   #label: string;
   #mapError: (err: unknown) => unknown;
+  #keep = false;
 
   private constructor(
     file: Deno.FsFile,
@@ -159,6 +170,7 @@ export class AtomicWriter {
       if (existing && !force) {
         throw new FileExistsError(`${label} already exists (use --force to overwrite)`);
       }
+      if (opts.partial) return await AtomicWriter.#resume(finalPath, opts, force, label, mapError);
       const dir = opts.tempDir ?? dirname(finalPath);
       for (let attempt = 0;; attempt++) {
         const tempPath = join(dir, TEMP_PREFIX + randomHex(12));
@@ -172,6 +184,39 @@ export class AtomicWriter {
       }
     } catch (err) {
       throw mapError(wrapOsError(err, label));
+    }
+  }
+
+  static async #resume(
+    finalPath: string,
+    opts: CreateOptions,
+    force: boolean,
+    label: string,
+    mapError: (err: unknown) => unknown,
+  ): Promise<AtomicWriter> {
+    const { path, offset } = opts.partial!;
+    const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+    try {
+      const size = (await file.stat()).size;
+      const keep = Math.min(offset, size);
+      await file.truncate(keep);
+      const w = new AtomicWriter(file, path, finalPath, force, label, mapError);
+      w.#keep = true;
+      // Re-hash the kept prefix so that commit checks the whole file.
+      const buf = new Uint8Array(1 << 20);
+      let done = 0;
+      while (done < keep) {
+        const n = await file.read(buf.subarray(0, Math.min(buf.length, keep - done)));
+        if (n === null) break;
+        w.#hash.update(buf.subarray(0, n));
+        done += n;
+      }
+      await file.seek(done, Deno.SeekMode.Start);
+      w.#bytes = done;
+      return w;
+    } catch (err) {
+      file.close();
+      throw err;
     }
   }
 
@@ -219,6 +264,7 @@ export class AtomicWriter {
       const sha256 = this.#hash.digest("hex");
       const expected = opts.expectedSha256?.toLowerCase();
       if (expected !== undefined && expected !== sha256) {
+        this.#keep = false; // a partial that hashes wrong is worthless
         throw new IntegrityError(`file hash mismatch: sent ${expected}, received ${sha256}`);
       }
       await Deno.chmod(this.tempPath, (opts.mode ?? 0o644) & 0o777);
@@ -242,17 +288,39 @@ export class AtomicWriter {
     }
   }
 
-  /** Closes and removes the temp file. Idempotent; never throws; no-op after a commit. */
+  /**
+   * Closes and removes the temp file (a resumable partial is kept, flushed).
+   * Idempotent; never throws; no-op after a commit.
+   */
   async abort(): Promise<void> {
     if (this.#state === "committed" || this.#state === "aborted") return;
     this.#state = "aborted";
     try {
+      if (this.#keep) await this.#file?.syncData();
+    } catch { /* best effort */ }
+    try {
       this.#file?.close();
     } catch { /* already closed */ }
     this.#file = null;
+    if (this.#keep) return;
     try {
       await Deno.remove(this.tempPath);
     } catch { /* gone already, or removed later by removeStaleTemps */ }
+  }
+
+  /** Like {@linkcode AtomicWriter.abort}, but a resumable partial is removed too. */
+  async discard(): Promise<void> {
+    this.#keep = false;
+    if (this.#state === "aborted") {
+      await Deno.remove(this.tempPath).catch(() => {});
+      return;
+    }
+    await this.abort();
+  }
+
+  /** True when a failed transfer leaves a partial that can be resumed. */
+  get resumable(): boolean {
+    return this.#keep;
   }
 
   /** Link without replacing; falls back to check-then-rename where links are unsupported. */

@@ -152,9 +152,9 @@ export async function loadAuthorizedClients(path: string): Promise<AuthorizedCli
   return parseAuthorizedClients(text, path);
 }
 
-/** Whether `rights` allow operation `op` (read: get, ls; write: put, rm, mkdir, symlink). */
+/** Whether `rights` allow operation `op` (read: get, ls, tree; write: put, rm, mkdir, symlink). */
 export function allows(rights: Rights, op: string): boolean {
-  const reading = op === "get" || op === "ls";
+  const reading = op === "get" || op === "ls" || op === "tree";
   return rights === "rw" || (reading ? rights === "read" : rights === "write");
 }
 

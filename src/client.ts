@@ -14,10 +14,12 @@
  * ```
  * @module
  */
-import { AtomicWriter } from "./atomic_file.ts";
+import type { Hash } from "node:crypto";
+import { AtomicWriter, FileExistsError } from "./atomic_file.ts";
 import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
-import { describeError, EfxError, IntegrityError } from "./errors.ts";
+import { describeError, EfxError, IntegrityError, ProtocolError } from "./errors.ts";
+import { hashPrefix, localPartialPath, prefixSha256 as prefixSha256Of } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
 import type { FileInfo } from "./storage.ts";
 import { receiveFile, sendFile, type TransferResult } from "./transfer.ts";
@@ -39,11 +41,15 @@ export interface TransferHooks {
   /** Called once the size is known, before any data moves. */
   onStart?: (size: number) => void;
   onBytes?: (n: number) => void;
+  /** Something the user should know (e.g. a resume restarting from zero). */
+  onNotice?: (text: string) => void;
 }
 
 /** A finished transfer as the client reports it. */
 export interface ClientTransferResult extends TransferResult {
   ms: number;
+  /** Bytes skipped because a resume found them already transferred. */
+  resumedFrom: number;
 }
 
 /** A connected, authenticated client. */
@@ -96,11 +102,17 @@ export class EfxClient {
     return client;
   }
 
-  /** Uploads `localPath` as `remoteName`, carrying its mode bits and mtime. */
+  /**
+   * Uploads `localPath` as `remoteName`, carrying its mode bits and mtime.
+   * With `resume`, an interrupted earlier upload of the same name continues
+   * where it stopped when the server's partial matches our file's prefix
+   * (SHA-256 compared through the channel), and a cut now leaves a partial
+   * on the server for next time.
+   */
   async upload(
     localPath: string,
     remoteName: string,
-    opts: { force?: boolean } & TransferHooks = {},
+    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
   ): Promise<ClientTransferResult> {
     const t0 = performance.now();
     let file: Deno.FsFile;
@@ -120,12 +132,38 @@ export class EfxClient {
         mode: (st.mode ?? 0o644) & 0o777,
         mtime: st.mtime?.getTime() ?? Date.now(),
         force: opts.force === true,
+        resume: opts.resume === true,
       });
-      expectOk(await ch.recvMessage());
-      opts.onStart?.(st.size);
-      const sent = await sendFile(ch, file, st.size, opts.onBytes);
+      const offer = expectOk<{ ok: true; offset?: number; prefixSha256?: string }>(
+        await ch.recvMessage(),
+      );
+      let offset = 0;
+      let hash: Hash | undefined;
+      if (opts.resume) {
+        const offered = offer.offset ?? 0;
+        if (offered > 0 && offered <= st.size) {
+          const h = await hashPrefix(file, offered);
+          if (h.copy().digest("hex") === offer.prefixSha256) {
+            offset = offered;
+            hash = h;
+          } else {
+            opts.onNotice?.(
+              `${remoteName}: the server's partial copy differs from ${localPath}; restarting from zero`,
+            );
+          }
+        }
+        await ch.sendMessage({ offset });
+        expectOk(await ch.recvMessage());
+        await file.seek(offset, Deno.SeekMode.Start);
+      }
+      opts.onStart?.(st.size - offset);
+      const sent = await sendFile(ch, file, {
+        length: st.size - offset,
+        hash,
+        onBytes: opts.onBytes,
+      });
       const reply = parseTrailer(await ch.recvMessage());
-      if (reply.sha256 !== sent.sha256 || reply.bytes !== sent.bytes) {
+      if (reply.sha256 !== sent.sha256 || reply.bytes !== st.size) {
         throw new IntegrityError(
           `server stored a different file: sent sha256 ${sent.sha256}, server has ${reply.sha256}`,
         );
@@ -135,6 +173,7 @@ export class EfxClient {
         sha256: sent.sha256,
         peerSha256: reply.sha256,
         ms: performance.now() - t0,
+        resumedFrom: offset,
       };
     } finally {
       file.close();
@@ -144,42 +183,97 @@ export class EfxClient {
   /**
    * Downloads `remoteName` to `localPath` atomically, restoring mode bits
    * (never setuid/setgid) and mtime. Refuses an existing `localPath` unless
-   * `force`, before asking the server for anything.
+   * `force`, before asking the server for anything. With `resume`, the data
+   * goes through `.<name>.efx-partial` beside the target, which survives a
+   * cut and is continued next time if the server's file has the same prefix.
    */
   async download(
     remoteName: string,
     localPath: string,
-    opts: { force?: boolean } & TransferHooks = {},
+    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
   ): Promise<ClientTransferResult> {
     const t0 = performance.now();
-    const writer = await AtomicWriter.create(localPath, { force: opts.force === true });
+    const force = opts.force === true;
+    const ch = this.channel;
+    let writer: AtomicWriter;
+    let offset = 0;
+    let meta;
+    if (!opts.resume) {
+      writer = await AtomicWriter.create(localPath, { force });
+      try {
+        await ch.sendMessage({ op: "get", name: remoteName });
+        meta = parseGetReply(await ch.recvMessage());
+      } catch (err) {
+        await writer.abort();
+        throw err;
+      }
+    } else {
+      if (!force && await exists(localPath)) {
+        throw new FileExistsError(`${localPath} already exists (use --force to overwrite)`);
+      }
+      const part = localPartialPath(localPath);
+      let have = 0;
+      let prefixSha256: string | undefined;
+      try {
+        have = (await Deno.stat(part)).size;
+        if (have > 0) prefixSha256 = await prefixSha256Of(part, have);
+      } catch { /* no partial yet */ }
+      await ch.sendMessage({ op: "get", name: remoteName, offset: have, prefixSha256 });
+      meta = parseGetReply(await ch.recvMessage());
+      offset = typeof meta.offset === "number" ? meta.offset : 0;
+      if (offset !== 0 && offset !== have) throw new ProtocolError("bad resume offset from server");
+      if (have > 0 && offset === 0) {
+        opts.onNotice?.(
+          `${localPath}: the server's file no longer starts like our partial copy; restarting from zero`,
+        );
+      }
+      try {
+        writer = await AtomicWriter.create(localPath, { force, partial: { path: part, offset } });
+      } catch (err) {
+        ch.abort(); // the data is already on its way; this connection cannot go on
+        throw err;
+      }
+    }
     try {
-      const ch = this.channel;
-      await ch.sendMessage({ op: "get", name: remoteName });
-      const meta = parseGetReply(await ch.recvMessage());
-      opts.onStart?.(meta.size);
+      opts.onStart?.(meta.size - offset);
       const res = await receiveFile(
         ch,
         writer,
-        meta.size,
+        meta.size - offset,
         (peerSha) =>
           writer.commit({
             mode: meta.mode,
             mtime: new Date(meta.mtime),
             expectedSha256: peerSha,
-            force: opts.force === true,
+            force,
           }),
         opts.onBytes,
       );
-      return { ...res, ms: performance.now() - t0 };
+      return { ...res, bytes: res.bytes - offset, ms: performance.now() - t0, resumedFrom: offset };
     } finally {
-      await writer.abort(); // no-op after a commit
+      await writer.abort(); // no-op after a commit; keeps a resumable partial
     }
   }
 
-  /** Lists the server's files matching an optional glob pattern. */
-  async list(pattern?: string, recursive = false): Promise<FileInfo[]> {
-    await this.channel.sendMessage({ op: "ls", pattern, recursive });
+  /** Every entry below remote folder `name` (files, folders, symlinks with their targets). */
+  async tree(name: string): Promise<FileInfo[]> {
+    await this.channel.sendMessage({ op: "tree", name });
+    return await this.#batches();
+  }
+
+  /** Makes a remote folder (and parents); sets mode and mtime when given. */
+  async mkdir(name: string, mode?: number, mtime?: number): Promise<void> {
+    await this.channel.sendMessage({ op: "mkdir", name, mode, mtime });
+    expectOk(await this.channel.recvMessage());
+  }
+
+  /** Makes a remote symlink (target relative, staying inside the server's root). */
+  async symlink(name: string, target: string, force = false): Promise<void> {
+    await this.channel.sendMessage({ op: "symlink", name, target, force });
+    expectOk(await this.channel.recvMessage());
+  }
+
+  async #batches(): Promise<FileInfo[]> {
     const out: FileInfo[] = [];
     while (true) {
       const reply = expectOk<{ ok: true; entries: FileInfo[]; more: boolean }>(
@@ -191,6 +285,12 @@ export class EfxClient {
     }
   }
 
+  /** Lists the server's files matching an optional glob pattern. */
+  async list(pattern?: string, recursive = false): Promise<FileInfo[]> {
+    await this.channel.sendMessage({ op: "ls", pattern, recursive });
+    return await this.#batches();
+  }
+
   /** Removes a file on the server. */
   async remove(name: string): Promise<void> {
     await this.channel.sendMessage({ op: "rm", name });
@@ -200,6 +300,15 @@ export class EfxClient {
   /** Ends the session in order. */
   async close(): Promise<void> {
     await this.channel.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
   }
 }
 

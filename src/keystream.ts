@@ -29,6 +29,7 @@
  * @module
  */
 import { concat, u64, utf8 } from "./bytes.ts";
+import { noteGarbage } from "./gc.ts";
 
 const LABEL = utf8.encode("efx1 ks");
 
@@ -64,6 +65,7 @@ export class Keystream {
       this.#key,
       Math.ceil(length / 32) * 256,
     );
+    noteGarbage(bits.byteLength); // dead once the record is sealed or opened
     return new Uint8Array(bits, 0, length);
   }
 }

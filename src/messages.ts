@@ -12,10 +12,29 @@ import { ProtocolError, RemoteError } from "./errors.ts";
 
 /** Client requests. */
 export type Request =
-  | { op: "put"; name: string; size: number; mode: number; mtime: number; force: boolean }
-  | { op: "get"; name: string }
+  | {
+    op: "put";
+    name: string;
+    size: number;
+    mode: number;
+    mtime: number;
+    force: boolean;
+    /** Keep a partial on failure and continue an earlier one (see resume.ts). */
+    resume: boolean;
+  }
+  | {
+    op: "get";
+    name: string;
+    /** Resume: the client already has this many bytes... */
+    offset: number;
+    /** ...whose SHA-256 (hex) is this. */
+    prefixSha256?: string;
+  }
   | { op: "ls"; pattern?: string; recursive?: boolean }
-  | { op: "rm"; name: string };
+  | { op: "tree"; name: string }
+  | { op: "rm"; name: string }
+  | { op: "mkdir"; name: string; mode?: number; mtime?: number }
+  | { op: "symlink"; name: string; target: string; force: boolean };
 
 /** A failed reply or trailer: machine code and a message for the user. */
 export interface ErrorReply {
@@ -30,6 +49,8 @@ export interface GetReply {
   size: number;
   mode: number;
   mtime: number;
+  /** Where the data starts (resume); 0 for the whole file. */
+  offset?: number;
 }
 
 /** Sent after the END record of every file stream. */
@@ -54,6 +75,20 @@ function uint(v: unknown, what: string): number {
   return v;
 }
 
+function hex64(v: unknown): string {
+  if (typeof v !== "string" || !/^[0-9a-f]{64}$/.test(v)) {
+    fail("prefixSha256 must be 64 hex digits");
+  }
+  return v;
+}
+
+/** Checks the client's answer to a resume offer: the offset to continue from. */
+export function parseResumeAnswer(msg: Record<string, unknown>, offered: number): number {
+  const offset = uint(msg.offset, "offset");
+  if (offset !== 0 && offset !== offered) fail("offset must be 0 or the offered length");
+  return offset;
+}
+
 /** Checks a request received by the server; throws RemoteError("bad-request"). */
 export function parseRequest(msg: Record<string, unknown>): Request {
   switch (msg.op) {
@@ -65,10 +100,32 @@ export function parseRequest(msg: Record<string, unknown>): Request {
         mode: uint(msg.mode, "mode") & 0o7777,
         mtime: typeof msg.mtime === "number" && Number.isFinite(msg.mtime) ? msg.mtime : Date.now(),
         force: msg.force === true,
+        resume: msg.resume === true,
       };
     case "get":
+      return {
+        op: "get",
+        name: str(msg.name, "name"),
+        offset: msg.offset === undefined ? 0 : uint(msg.offset, "offset"),
+        prefixSha256: msg.prefixSha256 === undefined ? undefined : hex64(msg.prefixSha256),
+      };
     case "rm":
+    case "tree":
       return { op: msg.op, name: str(msg.name, "name") };
+    case "mkdir":
+      return {
+        op: "mkdir",
+        name: str(msg.name, "name"),
+        mode: msg.mode === undefined ? undefined : uint(msg.mode, "mode") & 0o777,
+        mtime: msg.mtime === undefined ? undefined : uint(msg.mtime, "mtime"),
+      };
+    case "symlink":
+      return {
+        op: "symlink",
+        name: str(msg.name, "name"),
+        target: str(msg.target, "target"),
+        force: msg.force === true,
+      };
     case "ls":
       return {
         op: "ls",
@@ -108,6 +165,12 @@ export function parseGetReply(msg: Record<string, unknown>): GetReply {
     if (typeof r[k] !== "number" || !Number.isFinite(r[k]) || r[k] < 0) {
       throw new ProtocolError(`malformed reply: bad ${k}`);
     }
+  }
+  if (
+    r.offset !== undefined &&
+    (typeof r.offset !== "number" || !(r.offset >= 0 && r.offset <= r.size))
+  ) {
+    throw new ProtocolError("malformed reply: bad offset");
   }
   return r;
 }

@@ -48,6 +48,8 @@ export const HEADER_LEN = 8;
 export const TAG_LEN = 32;
 /** Largest record body accepted or sent (1 MiB). */
 export const MAX_RECORD_BODY = 1 << 20;
+/** Records of a data stream whose keystream the receiver computes ahead. */
+export const PREFETCH_DEPTH = 3;
 /** Records per direction and key set before the channel refuses to go on. */
 export const DEFAULT_MAX_RECORDS = 2n ** 32n;
 
@@ -169,7 +171,8 @@ export class RecordOpener {
   #seq = 0n;
   #max: bigint;
   #maxBody: number;
-  #prefetch: { seq: bigint; length: number; stream: Promise<Uint8Array> } | null = null;
+  /** Keystreams computed ahead for the next records of a data stream, by seq. */
+  #prefetch = new Map<bigint, { length: number; stream: Promise<Uint8Array> }>();
 
   private constructor(ks: Keystream, mac: Uint8Array, max: bigint, maxBody: number) {
     this.#ks = ks;
@@ -203,18 +206,22 @@ export class RecordOpener {
     const h = parseHeader(header, this.#maxBody);
     if (this.#seq >= this.#max) throw limitError(this.#max);
     const seq = this.#seq++;
-    let stream: Promise<Uint8Array>;
-    const pf = this.#prefetch;
-    this.#prefetch = null;
-    if (pf && pf.seq === seq && pf.length >= h.length) stream = pf.stream;
-    else stream = this.#ks.generate(seq, h.length);
+    const pf = this.#prefetch.get(seq);
+    this.#prefetch.delete(seq);
+    const stream = pf && pf.length >= h.length ? pf.stream : this.#ks.generate(seq, h.length);
     stream.catch(() => {}); // awaited in finish(); never an unhandled rejection
     if (h.type === RecordType.DATA && !(h.flags & FLAG_END) && h.length >= 65536) {
-      // Data streams send full records back to back: compute the next one's
-      // keystream now (a prefix of it serves a shorter record).
-      const next = this.#ks.generate(seq + 1n, h.length);
-      next.catch(() => {});
-      this.#prefetch = { seq: seq + 1n, length: h.length, stream: next };
+      // Data streams send full records back to back: compute the keystreams
+      // of the next few now, in parallel (a prefix serves a shorter record).
+      for (let i = 1n; i <= BigInt(PREFETCH_DEPTH); i++) {
+        const have = this.#prefetch.get(seq + i);
+        if (have && have.length >= h.length) continue;
+        const next = this.#ks.generate(seq + i, h.length);
+        next.catch(() => {});
+        this.#prefetch.set(seq + i, { length: h.length, stream: next });
+      }
+    } else {
+      this.#prefetch.clear();
     }
     return { ...h, seq, header, stream };
   }

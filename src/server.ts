@@ -30,7 +30,9 @@ import { AlertCode, encodeAlert } from "./handshake.ts";
 import { writeAll } from "./io.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger, q } from "./log.ts";
-import { errorReply, LS_BATCH, parseRequest, type Request } from "./messages.ts";
+import { errorReply, LS_BATCH, parseRequest, parseResumeAnswer, type Request } from "./messages.ts";
+import { hashPrefix, PartialUploads } from "./resume.ts";
+import type { Hash } from "node:crypto";
 import { Storage } from "./storage.ts";
 import { receiveFile, sendFile } from "./transfer.ts";
 import { formatBytes, formatDuration, formatRate } from "./progress.ts";
@@ -52,16 +54,23 @@ export interface ServerOptions {
   authorizedClientsPath?: string;
   /** Downloads and listings only, for every client. */
   readOnly?: boolean;
+  /** How long an interrupted resumable upload is kept (default 24 h). */
+  partialTtlMs?: number;
   log?: Logger;
   /** Announces a freshly made key (default: the logger). */
   onKeyCreated?: (fingerprint: string, path: string) => void;
 }
+
+/** Default time an interrupted resumable upload is kept. */
+export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 
 /** A running server. */
 export class EfxServer {
   #listener: Deno.Listener;
   #key: ServerPrivateKey;
   #storage: Storage;
+  #partials: PartialUploads;
+  #sweeper: ReturnType<typeof setInterval>;
   #opts: ServerOptions;
   #log: Logger;
   #active = new Set<SecureChannel | Transport>();
@@ -79,7 +88,15 @@ export class EfxServer {
     this.#listener = listener;
     this.#key = key;
     this.#storage = storage;
+    this.#partials = new PartialUploads(storage.root, opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS);
     this.#opts = opts;
+    const sweep = () =>
+      this.#partials.sweep().then((n) => {
+        if (n) this.#log.info(`removed ${n} expired partial upload(s)`);
+      });
+    sweep();
+    this.#sweeper = setInterval(sweep, Math.min(3_600_000, this.#partials.ttlMs));
+    Deno.unrefTimer(this.#sweeper);
     this.#log = opts.log ?? makeLogger("normal");
     this.done = this.#acceptLoop();
   }
@@ -129,6 +146,7 @@ export class EfxServer {
   async shutdown(): Promise<void> {
     if (this.#stopping) return await this.done;
     this.#stopping = true;
+    clearInterval(this.#sweeper);
     try {
       this.#listener.close();
     } catch { /* already closed */ }
@@ -308,20 +326,32 @@ export class EfxServer {
     switch (req.op) {
       case "put": {
         const what = `put ${q(req.name)}`;
-        const max = this.#opts.maxSize;
+        const limits = { force: req.force, size: req.size, maxSize: this.#opts.maxSize };
+        let claim: { path: string; offset: number; sha256: string } | null = null;
         let writer;
+        let offset = 0;
         try {
+          await this.#storage.checkWrite(req.name, limits);
+          if (req.resume) {
+            claim = await this.#partials.claim(req.name, req.size);
+            await ch.sendMessage({
+              ok: true,
+              offset: claim.offset,
+              prefixSha256: claim.offset > 0 ? claim.sha256 : undefined,
+            });
+            offset = parseResumeAnswer(await ch.recvMessage(), claim.offset);
+          }
           writer = await this.#storage.beginWrite(req.name, {
-            force: req.force,
-            size: req.size,
-            maxSize: max,
+            ...limits,
+            partial: claim ? { path: claim.path, offset } : undefined,
           });
         } catch (err) {
+          if (claim) this.#partials.release(req.name);
           return await replyError(what, err);
         }
         try {
           await ch.sendMessage({ ok: true });
-          const res = await receiveFile(ch, writer, req.size, (peerSha) =>
+          const res = await receiveFile(ch, writer, req.size - offset, (peerSha) =>
             writer.commit({
               mode: req.mode,
               mtime: new Date(req.mtime),
@@ -329,11 +359,14 @@ export class EfxServer {
               force: req.force,
             }));
           await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
+          if (!claim) await this.#partials.drop(req.name); // an older partial is stale now
           log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
-          done(what, res.bytes, "ok");
+          done(what, res.bytes - offset, offset ? `ok (resumed at byte ${offset})` : "ok");
         } catch (err) {
-          await writer.abort();
+          await writer.abort(); // a resumable partial is kept for a later resume
           return await replyError(what, err);
+        } finally {
+          if (claim) this.#partials.release(req.name);
         }
         return;
       }
@@ -347,10 +380,27 @@ export class EfxServer {
         }
         const { file, info } = opened;
         try {
-          await ch.sendMessage({ ok: true, size: info.size, mode: info.mode, mtime: info.mtime });
-          const sent = await sendFile(ch, file, info.size);
+          // Resume only when our file starts with exactly the client's prefix.
+          let offset = 0;
+          let hash: Hash | undefined;
+          if (req.offset > 0 && req.prefixSha256 && req.offset <= info.size) {
+            const h = await hashPrefix(file, req.offset);
+            if (h.copy().digest("hex") === req.prefixSha256) {
+              offset = req.offset;
+              hash = h;
+            }
+          }
+          await file.seek(offset, Deno.SeekMode.Start);
+          await ch.sendMessage({
+            ok: true,
+            size: info.size,
+            mode: info.mode,
+            mtime: info.mtime,
+            offset,
+          });
+          const sent = await sendFile(ch, file, { length: info.size - offset, hash });
           log.debug(`${peer} ${what} sha256 ${sent.sha256}`);
-          done(what, sent.bytes, "sent");
+          done(what, sent.bytes, offset ? `sent (resumed at byte ${offset})` : "sent");
         } catch (err) {
           if (err instanceof RemoteError && !ch.broken) {
             log.info(`${peer} ${what}: failed: ${describeError(err)}`);
@@ -362,6 +412,37 @@ export class EfxServer {
         }
         return;
       }
+      case "tree": {
+        let entries;
+        try {
+          entries = await this.#storage.tree(req.name);
+        } catch (err) {
+          return await replyError(`tree ${q(req.name)}`, err);
+        }
+        await sendBatches(ch, entries);
+        return;
+      }
+      case "mkdir": {
+        try {
+          await this.#storage.mkdir(req.name, { mode: req.mode, mtime: req.mtime });
+        } catch (err) {
+          return await replyError(`mkdir ${q(req.name)}`, err);
+        }
+        await ch.sendMessage({ ok: true });
+        log.debug(`${peer} mkdir ${q(req.name)}`);
+        return;
+      }
+      case "symlink": {
+        const what = `symlink ${q(req.name)} -> ${q(req.target)}`;
+        try {
+          await this.#storage.symlink(req.name, req.target, { force: req.force });
+        } catch (err) {
+          return await replyError(what, err);
+        }
+        await ch.sendMessage({ ok: true });
+        done(what, 0, "ok");
+        return;
+      }
       case "ls": {
         let entries;
         try {
@@ -369,10 +450,7 @@ export class EfxServer {
         } catch (err) {
           return await replyError("ls", err);
         }
-        for (let i = 0; i === 0 || i < entries.length; i += LS_BATCH) {
-          const batch = entries.slice(i, i + LS_BATCH);
-          await ch.sendMessage({ ok: true, entries: batch, more: i + LS_BATCH < entries.length });
-        }
+        await sendBatches(ch, entries);
         log.debug(`${peer} ls ${q(req.pattern ?? "")}: ${entries.length} entries`);
         return;
       }
@@ -388,6 +466,14 @@ export class EfxServer {
         return;
       }
     }
+  }
+}
+
+/** Sends a listing as `{ok, entries, more}` messages of at most LS_BATCH entries. */
+async function sendBatches(ch: SecureChannel, entries: unknown[]): Promise<void> {
+  for (let i = 0; i === 0 || i < entries.length; i += LS_BATCH) {
+    const batch = entries.slice(i, i + LS_BATCH);
+    await ch.sendMessage({ ok: true, entries: batch, more: i + LS_BATCH < entries.length });
   }
 }
 

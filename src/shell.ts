@@ -12,17 +12,22 @@ import {
   CONNECT_USAGE,
   connectFromFlags,
   getOne,
+  getTree,
   listingLine,
   putOne,
+  putTree,
   type Ui,
   uiFromFlags,
 } from "./commands/client.ts";
 import { parseFlags } from "./cli/flags.ts";
+import { folderName } from "./folders.ts";
 import { describeError, exitCodeOf, UsageError } from "./errors.ts";
 
 export const SHELL_HELP = `commands:
-  put LOCAL [REMOTE] [-f]   upload a file (-f replaces an existing one)
-  get REMOTE [LOCAL] [-f]   download a file (-f replaces an existing local file)
+  put LOCAL [REMOTE] [-f] [-r]  upload a file (-f replaces an existing one; -r a folder)
+  get REMOTE [LOCAL] [-f] [-r]  download a file (-f replaces an existing local file; -r a folder)
+  reput LOCAL [REMOTE] [-f]     upload, continuing an interrupted upload
+  reget REMOTE [LOCAL] [-f]     download, continuing an interrupted download
   ls [PATTERN] [-r]         list files (-r: with subfolders)
   rm NAME                   remove a file on the server
   help                      this text
@@ -91,17 +96,25 @@ export async function runShellLine(client: EfxClient, line: string, ui: Ui): Pro
       ui.out(SHELL_HELP);
       return true;
     case "put":
+    case "reput": {
       if (args.length < 1 || args.length > 2) {
-        throw new UsageError("usage: put LOCAL [REMOTE] [-f]");
+        throw new UsageError(`usage: ${cmd} LOCAL [REMOTE] [-f]`);
       }
-      await putOne(client, args[0], args[1] ?? basename(args[0]), force, ui);
+      const mo = { force, resume: cmd === "reput" };
+      if (recursive) await putTree(client, args[0], args[1] ?? folderName(args[0]), mo, ui);
+      else await putOne(client, args[0], args[1] ?? basename(args[0]), mo, ui);
       return true;
+    }
     case "get":
+    case "reget": {
       if (args.length < 1 || args.length > 2) {
-        throw new UsageError("usage: get REMOTE [LOCAL] [-f]");
+        throw new UsageError(`usage: ${cmd} REMOTE [LOCAL] [-f]`);
       }
-      await getOne(client, args[0], args[1] ?? basename(args[0]), force, ui);
+      const mo = { force, resume: cmd === "reget" };
+      if (recursive) await getTree(client, args[0], args[1] ?? folderName(args[0]), mo, ui);
+      else await getOne(client, args[0], args[1] ?? basename(args[0]), mo, ui);
       return true;
+    }
     case "ls":
       if (args.length > 1) throw new UsageError("usage: ls [PATTERN] [-r]");
       for (const e of await client.list(args[0], recursive)) ui.out(listingLine(e));

@@ -34,7 +34,7 @@
  * ```
  * @module
  */
-import { join } from "node:path";
+import { dirname, join, normalize } from "node:path";
 import {
   AtomicWriter,
   FileExistsError,
@@ -56,6 +56,8 @@ export interface FileInfo {
   mtime: number;
   /** Entry kind; `symlink` only appears in listings. */
   type: "file" | "dir" | "symlink";
+  /** For a symlink that stays inside the root: the link's text (relative), as stored. */
+  target?: string;
 }
 
 /** Reason codes of a {@linkcode StorageError}, sent to the client. */
@@ -211,8 +213,35 @@ export class Storage {
    */
   async beginWrite(
     name: string,
-    opts: { force?: boolean; size?: number; maxSize?: number } = {},
+    opts: {
+      force?: boolean;
+      size?: number;
+      maxSize?: number;
+      /** Resumable upload: write through this partial file from `offset` (see resume.ts). */
+      partial?: { path: string; offset: number };
+    } = {},
   ): Promise<AtomicWriter> {
+    const parts = await this.checkWrite(name, opts);
+    const realParent = await this.#mkdirs(name, parts);
+    const path = join(realParent, parts[parts.length - 1]);
+    return await AtomicWriter.create(path, {
+      force: opts.force ?? false,
+      tempDir: realParent,
+      label: name,
+      mapError: (err) => toStorageError(err, name),
+      partial: opts.partial,
+    });
+  }
+
+  /**
+   * Every check {@linkcode Storage.beginWrite} makes, without creating
+   * anything: the name, the size limit, and the target (not a folder; not
+   * existing unless `force`). Returns the name's components.
+   */
+  async checkWrite(
+    name: string,
+    opts: { force?: boolean; size?: number; maxSize?: number } = {},
+  ): Promise<string[]> {
     const parts = checkName(name);
     const force = opts.force ?? false;
     if (opts.size !== undefined && opts.maxSize !== undefined && opts.size > opts.maxSize) {
@@ -233,14 +262,7 @@ export class Storage {
       if (isDir) throw new StorageError("not-a-file", `${name} is a folder on the server`);
       if (!force) throw existsError(name);
     }
-    const realParent = await this.#mkdirs(name, parts);
-    const path = join(realParent, parts[parts.length - 1]);
-    return await AtomicWriter.create(path, {
-      force,
-      tempDir: realParent,
-      label: name,
-      mapError: (err) => toStorageError(err, name),
-    });
+    return parts;
   }
 
   /**
@@ -284,6 +306,67 @@ export class Storage {
     }
     out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return out;
+  }
+
+  /**
+   * Every entry below folder `name`, at any depth (names include `name/`),
+   * sorted; symlinks are not followed. Used to download a folder.
+   */
+  async tree(name: string): Promise<FileInfo[]> {
+    const parts = checkName(name);
+    const real = await this.#confineParts(name, parts);
+    const st = await fsCall(name, () => Deno.stat(real));
+    if (!st.isDirectory) {
+      throw new StorageError("not-a-file", `${name} is not a folder on the server`);
+    }
+    const out: FileInfo[] = [];
+    await this.#walk(real, parts.join("/"), out, () => ({ keep: true, descend: true }));
+    out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return out;
+  }
+
+  /**
+   * Makes folder `name` (and its parents) when missing, then applies
+   * `mode & 0o777` and `mtime` when given. Used to upload a folder.
+   */
+  async mkdir(name: string, opts: { mode?: number; mtime?: number } = {}): Promise<void> {
+    const parts = checkName(name);
+    const real = await this.#mkdirs(name, [...parts, "-"]);
+    if (opts.mode !== undefined) await fsCall(name, () => Deno.chmod(real, opts.mode! & 0o777));
+    if (opts.mtime !== undefined && Number.isFinite(opts.mtime)) {
+      await fsCall(name, () => Deno.utime(real, new Date(), new Date(opts.mtime!)));
+    }
+  }
+
+  /**
+   * Makes a symlink `name` -> `target`. The target must be relative and,
+   * resolved from the link's folder, stay inside the root (links are kept
+   * as links, never a way out). An existing entry is replaced only with
+   * `force`.
+   */
+  async symlink(name: string, target: string, opts: { force?: boolean } = {}): Promise<void> {
+    const parts = checkName(name);
+    const bad = (why: string) =>
+      new StorageError("bad-name", `refusing symbolic link ${name} -> ${target}: ${why}`);
+    if (typeof target !== "string" || target === "" || target.length > MAX_NAME_BYTES) {
+      throw bad("bad target");
+    }
+    if (target.startsWith("/")) throw bad("absolute targets are not allowed");
+    // deno-lint-ignore no-control-regex
+    if (/[\x00-\x1f\x7f\\]/.test(target)) throw bad("control characters or backslashes");
+    const resolved = normalize(join(dirname(parts.join("/")), target));
+    if (resolved === ".." || resolved.startsWith("../") || resolved.startsWith("/")) {
+      throw bad("it leads outside the storage root");
+    }
+    const realParent = await this.#mkdirs(name, parts);
+    const path = join(realParent, parts[parts.length - 1]);
+    const existing = await lstatOrNull(name, path);
+    if (existing) {
+      if (existing.isDirectory) throw notAFile(name, true);
+      if (!opts.force) throw existsError(name);
+      await fsCall(name, () => Deno.remove(path));
+    }
+    await fsCall(name, () => Deno.symlink(target, path));
   }
 
   /**
@@ -408,7 +491,9 @@ export class Storage {
       const real = await Deno.realPath(path);
       if (this.#inside(real)) {
         const target = await Deno.stat(real);
-        if (target.isFile) return toInfo(rel, target, "symlink");
+        const link = await Deno.readLink(path);
+        if (target.isFile) return { ...toInfo(rel, target, "symlink"), target: link };
+        if (target.isDirectory) return { ...toInfo(rel, st, "symlink"), size: 0, target: link };
       }
     } catch { /* broken */ }
     // Outside the root, broken, or to a folder: say nothing about the target.

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import type { AtomicWriter } from "./atomic_file.ts";
 import { DATA_CHUNK, type SecureChannel } from "./channel.ts";
 import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
@@ -24,18 +24,30 @@ export interface TransferResult {
   peerSha256: string;
 }
 
+/** Options of {@linkcode sendFile}. */
+export interface SendOptions {
+  /** Bytes to send from the file's current position (its size, or what is left after a resume offset). */
+  length: number;
+  /** SHA-256 state over the part of the file the peer already has (resume); default: empty. */
+  hash?: Hash;
+  onBytes?: (n: number) => void;
+}
+
 /**
- * Streams `file` (from its current position) and then the trailer. When the
- * file does not have `size` bytes any more (it changed while being sent),
- * the trailer reports an error instead, and the receiver discards the file.
+ * Streams `file` from its current position, then the trailer with the
+ * SHA-256 of the WHOLE file (including a resumed prefix hashed into
+ * `opts.hash`). When the file does not have `opts.length` more bytes any
+ * more (it changed while being sent), the trailer reports an error instead,
+ * and the receiver discards what it got.
  */
 export async function sendFile(
   ch: SecureChannel,
   file: Deno.FsFile,
-  size: number,
-  onBytes: (n: number) => void = () => {},
+  opts: SendOptions,
 ): Promise<{ bytes: number; sha256: string }> {
-  const hash = createHash("sha256");
+  const size = opts.length;
+  const onBytes = opts.onBytes ?? (() => {});
+  const hash = opts.hash ?? createHash("sha256");
   let bytes = 0;
   async function* chunks(): AsyncGenerator<Uint8Array> {
     while (true) {
@@ -83,6 +95,7 @@ export async function receiveFile(
 ): Promise<TransferResult> {
   let localError: unknown = undefined;
   let received = 0;
+  let pending: Promise<void> = Promise.resolve();
   try {
     for await (const chunk of ch.recvStream()) {
       received += chunk.length;
@@ -91,13 +104,22 @@ export async function receiveFile(
         throw new ProtocolError(`peer sent more than the announced ${size} bytes`);
       }
       if (localError !== undefined) continue; // drain after a local write error
+      // One write in flight while the next record is read and decrypted.
       try {
-        await writer.write(chunk);
-        onBytes(chunk.length);
+        await pending;
       } catch (err) {
         localError = err;
         await writer.abort();
+        continue;
       }
+      pending = writer.write(chunk).then(() => onBytes(chunk.length));
+      pending.catch(() => {});
+    }
+    try {
+      await pending;
+    } catch (err) {
+      localError ??= err;
+      await writer.abort();
     }
     const trailerMsg = await ch.recvMessage();
     if (localError !== undefined) throw localError;

@@ -77,3 +77,14 @@ export function parseHostPort(spec: string, defaultPort: number): { host: string
   }
   return { host, port };
 }
+
+/** Reads a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds); returns ms. */
+export function durationFlag(value: string | undefined, name: string, fallbackMs: number): number {
+  if (value === undefined) return fallbackMs;
+  const m = /^(\d+(?:\.\d+)?)([smhd]?)$/.exec(value);
+  if (!m) {
+    throw new UsageError(`${name} must be a duration like 90s, 30m, 24h or 7d, not '${value}'`);
+  }
+  const unit = { "": 1000, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2]]!;
+  return Math.round(Number(m[1]) * unit);
+}

@@ -11,7 +11,16 @@ import { type ClientIdentity, loadClientIdentity } from "../auth.ts";
 import { EfxClient } from "../client.ts";
 import { describeError, exitCodeOf, UsageError } from "../errors.ts";
 import { loadPublicKeyFile } from "../keys.ts";
-import { Progress, progressWanted, sanitize, summaryLine } from "../progress.ts";
+import {
+  formatBytes,
+  formatDuration,
+  formatRate,
+  Progress,
+  progressWanted,
+  sanitize,
+  summaryLine,
+} from "../progress.ts";
+import { downloadTree, folderName, type TreeSummary, uploadTree } from "../folders.ts";
 import type { FileInfo } from "../storage.ts";
 import {
   askOnTerminal,
@@ -143,40 +152,54 @@ function makeProgress(name: string, ui: Ui) {
   };
 }
 
-/** Uploads one file and prints its summary line. */
+/** How one file moves: overwrite and resume choices. */
+export interface MoveOptions {
+  force: boolean;
+  resume: boolean;
+}
+
+/** Uploads one file and prints its summary line; returns its size. */
 export async function putOne(
   client: EfxClient,
   local: string,
   remote: string,
-  force: boolean,
+  mo: MoveOptions,
   ui: Ui,
-): Promise<void> {
+): Promise<number> {
   const prog = makeProgress(remote, ui);
   try {
-    const r = await client.upload(local, remote, { force, ...prog });
+    const r = await client.upload(local, remote, { ...mo, ...prog, onNotice: notice(ui) });
     prog.done();
     if (!ui.quiet) {
       ui.out(
-        summaryLine({ name: remote, bytes: r.bytes, ms: r.ms, sha256: r.sha256, verb: "uploaded" }),
+        summaryLine({
+          name: remote,
+          bytes: r.bytes,
+          ms: r.ms,
+          sha256: r.sha256,
+          verb: "uploaded",
+        }) +
+          resumed(r.resumedFrom),
       );
     }
     if (ui.verbose) ui.err(`efx: sha256 sent ${r.sha256}, server computed ${r.peerSha256}`);
+    return r.bytes + r.resumedFrom;
   } finally {
     prog.done();
   }
 }
 
-/** Downloads one file and prints its summary line. */
+/** Downloads one file and prints its summary line; returns its size. */
 export async function getOne(
   client: EfxClient,
   remote: string,
   local: string,
-  force: boolean,
+  mo: MoveOptions,
   ui: Ui,
-): Promise<void> {
+): Promise<number> {
   const prog = makeProgress(remote, ui);
   try {
-    const r = await client.download(remote, local, { force, ...prog });
+    const r = await client.download(remote, local, { ...mo, ...prog, onNotice: notice(ui) });
     prog.done();
     if (!ui.quiet) {
       ui.out(
@@ -186,13 +209,63 @@ export async function getOne(
           ms: r.ms,
           sha256: r.sha256,
           verb: "downloaded",
-        }),
+        }) +
+          resumed(r.resumedFrom),
       );
     }
     if (ui.verbose) ui.err(`efx: sha256 server sent ${r.peerSha256}, received ${r.sha256}`);
+    return r.bytes + r.resumedFrom;
   } finally {
     prog.done();
   }
+}
+
+function notice(ui: Ui) {
+  return (text: string) => ui.err(`efx: ${text}`);
+}
+
+function resumed(offset: number): string {
+  return offset > 0 ? ` (resumed after ${offset} bytes already there)` : "";
+}
+
+/** Uploads a folder tree and prints one summary line. */
+export async function putTree(
+  client: EfxClient,
+  local: string,
+  remote: string,
+  mo: MoveOptions,
+  ui: Ui,
+): Promise<void> {
+  const t0 = performance.now();
+  const sum = await uploadTree(client, local, remote, {
+    force: mo.force,
+    notice: notice(ui),
+    moveFile: (from, to) => putOne(client, from, to, mo, ui),
+  });
+  if (!ui.quiet) ui.out(treeLine(`uploaded ${local} as ${remote}`, sum, performance.now() - t0));
+}
+
+/** Downloads a folder tree and prints one summary line. */
+export async function getTree(
+  client: EfxClient,
+  remote: string,
+  local: string,
+  mo: MoveOptions,
+  ui: Ui,
+): Promise<void> {
+  const t0 = performance.now();
+  const sum = await downloadTree(client, remote, local, {
+    force: mo.force,
+    notice: notice(ui),
+    moveFile: (from, to) => getOne(client, from, to, mo, ui),
+  });
+  if (!ui.quiet) ui.out(treeLine(`downloaded ${remote} to ${local}`, sum, performance.now() - t0));
+}
+
+function treeLine(what: string, s: TreeSummary, ms: number): string {
+  const skipped = s.skipped ? `, ${s.skipped} skipped` : "";
+  return `${what}: ${s.files} files, ${s.folders} folders, ${s.links} links${skipped}, ` +
+    `${formatBytes(s.bytes)} in ${formatDuration(ms)} (${formatRate(s.bytes / (ms / 1000))})`;
 }
 
 /** `-rwxr-xr-x` style rendering of permission bits. */
@@ -248,44 +321,55 @@ async function withClient(
   }
 }
 
-export const UPLOAD_USAGE = `usage: efx upload FILE... [--as NAME] [--force] [connection options]
-  --as NAME     name on the server (one FILE only; default: the file's base name)
-  -f, --force   replace a file of the same name on the server`;
+export const UPLOAD_USAGE =
+  `usage: efx upload FILE... [--as NAME] [--force] [--resume] [-r] [connection options]
+  --as NAME        name on the server (one FILE only; default: the file's base name)
+  -f, --force      replace a file of the same name on the server
+  --resume         continue an interrupted upload (the server keeps the part it has;
+                   both sides compare its SHA-256 before going on)
+  -r, --recursive  upload folders: files, empty folders, modes, mtimes, symlinks inside`;
 
-/** `efx upload FILE... [--as NAME] [--force]` */
+/** `efx upload FILE... [--as NAME] [--force] [--resume] [-r]` */
 export async function uploadCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parseFlags(args, {
     ...CONNECT_FLAGS,
     as: { type: "string" },
     force: { type: "boolean", short: "f" },
+    resume: { type: "boolean" },
+    recursive: { type: "boolean", short: "r" },
   }, "upload");
   if (v.help) return usage(UPLOAD_USAGE);
   if (positionals.length === 0) throw new UsageError("upload: name at least one FILE");
   if (v.as !== undefined && positionals.length > 1) {
     throw new UsageError("upload: --as works with a single FILE");
   }
-  return await withClient(
-    v,
-    (client, ui) =>
-      eachItem(
-        positionals,
-        client,
-        ui,
-        (file) => putOne(client, file, v.as ?? basename(file), v.force === true, ui),
-      ),
-  );
+  const mo = { force: v.force === true, resume: v.resume === true };
+  return await withClient(v, (client, ui) =>
+    eachItem(positionals, client, ui, async (path) => {
+      if (v.recursive && await isDir(path)) {
+        await putTree(client, path, v.as ?? folderName(path), mo, ui);
+      } else {
+        await putOne(client, path, v.as ?? basename(path), mo, ui);
+      }
+    }));
 }
 
-export const DOWNLOAD_USAGE = `usage: efx download NAME... [-o PATH] [--force] [connection options]
+export const DOWNLOAD_USAGE =
+  `usage: efx download NAME... [-o PATH] [--force] [--resume] [-r] [connection options]
   -o, --output PATH  where to write (a folder when several NAMEs; default: ./<base name>)
-  -f, --force        replace an existing local file`;
+  -f, --force        replace an existing local file
+  --resume           continue an interrupted download (kept as .NAME.efx-partial; its
+                     SHA-256 is compared with the server's file before going on)
+  -r, --recursive    download a folder with everything in it`;
 
-/** `efx download NAME... [-o PATH] [--force]` */
+/** `efx download NAME... [-o PATH] [--force] [--resume] [-r]` */
 export async function downloadCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parseFlags(args, {
     ...CONNECT_FLAGS,
     output: { type: "string", short: "o" },
     force: { type: "boolean", short: "f" },
+    resume: { type: "boolean" },
+    recursive: { type: "boolean", short: "r" },
   }, "download");
   if (v.help) return usage(DOWNLOAD_USAGE);
   if (positionals.length === 0) throw new UsageError("download: name at least one NAME");
@@ -294,7 +378,12 @@ export async function downloadCommand(args: string[]): Promise<number> {
     throw new UsageError(`download: -o ${v.output} must be an existing folder for several NAMEs`);
   }
   const target = (name: string) =>
-    v.output === undefined ? basename(name) : outIsDir ? join(v.output, basename(name)) : v.output;
+    v.output === undefined
+      ? folderName(name)
+      : outIsDir
+      ? join(v.output, folderName(name))
+      : v.output;
+  const mo = { force: v.force === true, resume: v.resume === true };
   return await withClient(
     v,
     (client, ui) =>
@@ -302,7 +391,10 @@ export async function downloadCommand(args: string[]): Promise<number> {
         positionals,
         client,
         ui,
-        (name) => getOne(client, name, target(name), v.force === true, ui),
+        (name) =>
+          v.recursive
+            ? getTree(client, name, target(name), mo, ui)
+            : getOne(client, name, target(name), mo, ui).then(() => {}),
       ),
   );
 }

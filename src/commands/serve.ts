@@ -6,7 +6,7 @@
  * @module
  */
 import { UsageError } from "../errors.ts";
-import { intFlag, parseFlags, sizeFlag } from "../cli/flags.ts";
+import { durationFlag, intFlag, parseFlags, sizeFlag } from "../cli/flags.ts";
 import { makeLogger } from "../log.ts";
 import { EfxServer } from "../server.ts";
 
@@ -21,6 +21,7 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --idle-timeout S       seconds of silence before a connection is dropped (default 300)
   --authorized-clients F admit only the client keys listed in F (lines: SHA256:... [rights=read|write|rw])
   --read-only            downloads and listings only
+  --partial-ttl T        keep interrupted resumable uploads this long, e.g. 24h, 30m (default 24h)
   -q, --quiet            log errors only
   -v, --verbose          log more detail (hashes, listings)`;
 
@@ -37,6 +38,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     "idle-timeout": { type: "string" },
     "authorized-clients": { type: "string" },
     "read-only": { type: "boolean" },
+    "partial-ttl": { type: "string" },
     quiet: { type: "boolean", short: "q" },
     verbose: { type: "boolean", short: "v" },
     help: { type: "boolean", short: "h" },
@@ -59,6 +61,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     idleTimeoutMs: 1000 * intFlag(values["idle-timeout"], "--idle-timeout", 300, 1, 86400),
     authorizedClientsPath: values["authorized-clients"],
     readOnly: values["read-only"] === true,
+    partialTtlMs: durationFlag(values["partial-ttl"], "--partial-ttl", 24 * 3_600_000),
     log,
     onKeyCreated: (_fp, path) =>
       console.error(`efx: no server key found; made a new one at ${path}`),
