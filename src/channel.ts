@@ -20,7 +20,9 @@
 import { utf8, utf8Decoder } from "./bytes.ts";
 import { AuthError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import {
+  AlertCode,
   clientHandshake,
+  encodeAlert,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   type HandshakeResult,
   serverHandshake,
@@ -110,7 +112,11 @@ export class SecureChannel {
     const ms = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     let hs: HandshakeResult;
     try {
-      hs = await withDeadline(run(input), ms, () => safeClose(conn), "handshake");
+      hs = await withDeadline(run(input), ms, () => {
+        // Tell the peer why (best effort), then hang up.
+        conn.write(encodeAlert(AlertCode.TIMEOUT, `handshake timed out after ${ms / 1000} s`))
+          .catch(() => {}).finally(() => safeClose(conn));
+      }, "handshake");
     } catch (err) {
       safeClose(conn);
       throw err;
@@ -150,7 +156,9 @@ export class SecureChannel {
   sendMessage(msg: object): Promise<void> {
     if (this.#broken) return Promise.reject(new ProtocolError("channel is broken"));
     const body = utf8.encode(JSON.stringify(msg));
-    if (body.length > MAX_RECORD_BODY) throw new Error("control message too large");
+    if (body.length > MAX_RECORD_BODY) {
+      return Promise.reject(new ProtocolError("control message too large"));
+    }
     return this.#writer.send(RecordType.MSG, 0, body);
   }
 

@@ -18,7 +18,7 @@ import type { Hash } from "node:crypto";
 import { AtomicWriter, FileExistsError } from "./atomic_file.ts";
 import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
-import { describeError, EfxError, IntegrityError, ProtocolError } from "./errors.ts";
+import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import { hashPrefix, localPartialPath, prefixSha256 as prefixSha256Of } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
 import type { FileInfo } from "./storage.ts";
@@ -52,6 +52,9 @@ export interface ClientTransferResult extends TransferResult {
   resumedFrom: number;
 }
 
+/** Files up to this size are uploaded without waiting for the server in between. */
+export const PIPELINE_MAX = 1 << 20;
+
 /** A connected, authenticated client. */
 export class EfxClient {
   readonly channel: SecureChannel;
@@ -59,6 +62,8 @@ export class EfxClient {
   readonly trust: { fingerprint: string; status: string };
   /** Rights the server granted to our identity ("" when we sent none). */
   rights = "";
+  /** Replies still owed to queued uploads, read strictly in order. */
+  #owed: Promise<void> = Promise.resolve();
 
   private constructor(channel: SecureChannel, trust: { fingerprint: string; status: string }) {
     this.channel = channel;
@@ -103,6 +108,95 @@ export class EfxClient {
   }
 
   /**
+   * Waits until every queued upload's reply has arrived (their own promises
+   * carry their results). Every other request starts with this, so replies
+   * are always read in the order the requests went out.
+   */
+  async settle(): Promise<void> {
+    await this.#owed;
+  }
+
+  /**
+   * Queues an upload without waiting for the server between files: a file
+   * of at most {@linkcode PIPELINE_MAX} bytes is sent at once (request, data
+   * and trailer back to back) and `done` settles when its reply arrives,
+   * while the caller goes on with the next file. Larger files (and resumed
+   * ones) go the normal way, with a progress display. Errors that concern
+   * only this file (e.g. it is unreadable) reject `done`; the connection
+   * goes on.
+   */
+  async uploadQueued(
+    localPath: string,
+    remoteName: string,
+    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
+  ): Promise<{ done: Promise<ClientTransferResult> }> {
+    const t0 = performance.now();
+    const settled = <T>(p: Promise<T>) => {
+      p.catch(() => {});
+      return { done: p };
+    };
+    let file: Deno.FsFile;
+    let st: Deno.FileInfo;
+    try {
+      file = await Deno.open(localPath, { read: true });
+    } catch (err) {
+      return settled(Promise.reject(new EfxError(`cannot read ${localPath}: ${localReason(err)}`)));
+    }
+    try {
+      st = await file.stat();
+    } catch (err) {
+      file.close();
+      return settled(Promise.reject(err));
+    }
+    if (!st.isFile || st.size > PIPELINE_MAX || opts.resume) {
+      file.close();
+      await this.settle();
+      return settled(this.upload(localPath, remoteName, opts));
+    }
+    const ch = this.channel;
+    let sent = { bytes: 0, sha256: "" };
+    let sendError: unknown = undefined;
+    try {
+      await ch.sendMessage({
+        op: "put",
+        name: remoteName,
+        size: st.size,
+        mode: (st.mode ?? 0o644) & 0o777,
+        mtime: st.mtime?.getTime() ?? Date.now(),
+        force: opts.force === true,
+        pipelined: true,
+      });
+      sent = await sendFile(ch, file, { length: st.size });
+    } catch (err) {
+      // The file changed while read: its trailer said so, and the server's
+      // reply (an error) must still be read in turn.
+      if (!(err instanceof RemoteError) || ch.broken) throw err;
+      sendError = err;
+    } finally {
+      file.close();
+    }
+    const done = this.#owed.then(async () => {
+      const reply = await ch.recvMessage();
+      if (sendError !== undefined) throw sendError;
+      const r = parseTrailer(reply);
+      if (r.sha256 !== sent.sha256 || r.bytes !== st.size) {
+        throw new IntegrityError(
+          `server stored a different file: sent sha256 ${sent.sha256}, server has ${r.sha256}`,
+        );
+      }
+      return {
+        bytes: sent.bytes,
+        sha256: sent.sha256,
+        peerSha256: r.sha256,
+        ms: performance.now() - t0,
+        resumedFrom: 0,
+      };
+    });
+    this.#owed = done.then(() => {}, () => {});
+    return settled(done);
+  }
+
+  /**
    * Uploads `localPath` as `remoteName`, carrying its mode bits and mtime.
    * With `resume`, an interrupted earlier upload of the same name continues
    * where it stopped when the server's partial matches our file's prefix
@@ -114,6 +208,7 @@ export class EfxClient {
     remoteName: string,
     opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
   ): Promise<ClientTransferResult> {
+    await this.settle();
     const t0 = performance.now();
     let file: Deno.FsFile;
     try {
@@ -192,6 +287,7 @@ export class EfxClient {
     localPath: string,
     opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
   ): Promise<ClientTransferResult> {
+    await this.settle();
     const t0 = performance.now();
     const force = opts.force === true;
     const ch = this.channel;
@@ -257,18 +353,21 @@ export class EfxClient {
 
   /** Every entry below remote folder `name` (files, folders, symlinks with their targets). */
   async tree(name: string): Promise<FileInfo[]> {
+    await this.settle();
     await this.channel.sendMessage({ op: "tree", name });
     return await this.#batches();
   }
 
   /** Makes a remote folder (and parents); sets mode and mtime when given. */
   async mkdir(name: string, mode?: number, mtime?: number): Promise<void> {
+    await this.settle();
     await this.channel.sendMessage({ op: "mkdir", name, mode, mtime });
     expectOk(await this.channel.recvMessage());
   }
 
   /** Makes a remote symlink (target relative, staying inside the server's root). */
   async symlink(name: string, target: string, force = false): Promise<void> {
+    await this.settle();
     await this.channel.sendMessage({ op: "symlink", name, target, force });
     expectOk(await this.channel.recvMessage());
   }
@@ -287,18 +386,21 @@ export class EfxClient {
 
   /** Lists the server's files matching an optional glob pattern. */
   async list(pattern?: string, recursive = false): Promise<FileInfo[]> {
+    await this.settle();
     await this.channel.sendMessage({ op: "ls", pattern, recursive });
     return await this.#batches();
   }
 
   /** Removes a file on the server. */
   async remove(name: string): Promise<void> {
+    await this.settle();
     await this.channel.sendMessage({ op: "rm", name });
     expectOk(await this.channel.recvMessage());
   }
 
   /** Ends the session in order. */
   async close(): Promise<void> {
+    await this.settle();
     await this.channel.close();
   }
 }

@@ -28,10 +28,19 @@
  * ```
  * @module
  */
+import { pbkdf2Sync } from "node:crypto";
 import { concat, u64, utf8 } from "./bytes.ts";
 import { noteGarbage } from "./gc.ts";
 
 const LABEL = utf8.encode("efx1 ks");
+
+/**
+ * Records up to this size get their keystream from `node:crypto`'s
+ * synchronous PBKDF2 (identical output), larger ones from WebCrypto, off the
+ * main thread. Measured: 64 B: 4.5 us vs 42 us; 1 KiB: 16 us vs 30 us;
+ * 4 KiB: 59 us vs 49 us.
+ */
+export const SYNC_KEYSTREAM_MAX = 2048;
 
 /** The largest keystream one record may take (2^32 - 1 blocks of 32 bytes). */
 export const MAX_KEYSTREAM_BYTES = (2 ** 32 - 1) * 32;
@@ -44,22 +53,30 @@ export function keystreamSalt(seq: bigint): Uint8Array<ArrayBuffer> {
 /** HMAC-SHA256 counter-mode keystream for one direction. */
 export class Keystream {
   #key: CryptoKey;
+  #raw: Uint8Array;
 
-  private constructor(key: CryptoKey) {
+  private constructor(key: CryptoKey, raw: Uint8Array) {
     this.#key = key;
+    this.#raw = raw;
   }
 
   /** Wraps a 32-byte encryption key. */
   static async create(rawKey: Uint8Array<ArrayBuffer>): Promise<Keystream> {
     if (rawKey.length !== 32) throw new Error("keystream key must be 32 bytes");
     const key = await crypto.subtle.importKey("raw", rawKey, "PBKDF2", false, ["deriveBits"]);
-    return new Keystream(key);
+    return new Keystream(key, rawKey.slice());
   }
 
   /** The first `length` keystream bytes of record `seq` (a fresh, 4-byte-aligned buffer). */
   async generate(seq: bigint, length: number): Promise<Uint8Array<ArrayBuffer>> {
     if (length === 0) return new Uint8Array(0);
     if (length > MAX_KEYSTREAM_BYTES) throw new Error("record too long for one keystream");
+    if (length <= SYNC_KEYSTREAM_MAX) {
+      // Same function, computed in place: for control messages one WebCrypto
+      // call (~30-40 us) costs several times the work itself (~5 us).
+      const out = pbkdf2Sync(this.#raw, keystreamSalt(seq), 1, length, "sha256");
+      return new Uint8Array(out.buffer, out.byteOffset, length) as Uint8Array<ArrayBuffer>;
+    }
     const bits = await crypto.subtle.deriveBits(
       { name: "PBKDF2", hash: "SHA-256", salt: keystreamSalt(seq), iterations: 1 },
       this.#key,

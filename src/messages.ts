@@ -21,6 +21,11 @@ export type Request =
     force: boolean;
     /** Keep a partial on failure and continue an earlier one (see resume.ts). */
     resume: boolean;
+    /**
+     * The client sends the data right after the request without waiting: no
+     * intermediate reply; a refused upload's data is read and dropped.
+     */
+    pipelined: boolean;
   }
   | {
     op: "get";
@@ -101,6 +106,7 @@ export function parseRequest(msg: Record<string, unknown>): Request {
         mtime: typeof msg.mtime === "number" && Number.isFinite(msg.mtime) ? msg.mtime : Date.now(),
         force: msg.force === true,
         resume: msg.resume === true,
+        pipelined: msg.pipelined === true && msg.resume !== true,
       };
     case "get":
       return {

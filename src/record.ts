@@ -114,7 +114,7 @@ export function recordTag(
 }
 
 function limitError(max: bigint): EfxError {
-  return new EfxError(`record limit of ${max} per key reached; reconnect to continue`);
+  return new ProtocolError(`record limit of ${max} per key reached; reconnect to continue`);
 }
 
 /**
@@ -277,7 +277,12 @@ export class RecordWriter {
   /** Queues one record; resolves once it is written. */
   send(type: RecordType, flags: number, body: Uint8Array): Promise<void> {
     if (this.#failed !== undefined) return Promise.reject(this.#failed);
-    const frame = this.#sealer.seal(type, flags, body);
+    let frame: Promise<Uint8Array>;
+    try {
+      frame = this.#sealer.seal(type, flags, body);
+    } catch (err) {
+      return Promise.reject(err); // limits: always a rejected promise, never a throw
+    }
     frame.catch(() => {});
     const done = this.#tail.then(async () => {
       if (this.#failed !== undefined) throw this.#failed;

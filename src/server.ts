@@ -347,10 +347,11 @@ export class EfxServer {
           });
         } catch (err) {
           if (claim) this.#partials.release(req.name);
+          if (req.pipelined) await drainFile(ch); // the data is on its way regardless
           return await replyError(what, err);
         }
         try {
-          await ch.sendMessage({ ok: true });
+          if (!req.pipelined) await ch.sendMessage({ ok: true });
           const res = await receiveFile(ch, writer, req.size - offset, (peerSha) =>
             writer.commit({
               mode: req.mode,
@@ -359,7 +360,7 @@ export class EfxServer {
               force: req.force,
             }));
           await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
-          if (!claim) await this.#partials.drop(req.name); // an older partial is stale now
+          if (!claim) this.#partials.drop(req.name); // an older partial is stale now
           log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
           done(what, res.bytes - offset, offset ? `ok (resumed at byte ${offset})` : "ok");
         } catch (err) {
@@ -467,6 +468,12 @@ export class EfxServer {
       }
     }
   }
+}
+
+/** Reads and drops one incoming file stream and its trailer. */
+async function drainFile(ch: SecureChannel): Promise<void> {
+  for await (const _ of ch.recvStream()) { /* dropped */ }
+  await ch.recvMessage();
 }
 
 /** Sends a listing as `{ok, entries, more}` messages of at most LS_BATCH entries. */

@@ -344,14 +344,57 @@ export async function uploadCommand(args: string[]): Promise<number> {
     throw new UsageError("upload: --as works with a single FILE");
   }
   const mo = { force: v.force === true, resume: v.resume === true };
-  return await withClient(v, (client, ui) =>
-    eachItem(positionals, client, ui, async (path) => {
-      if (v.recursive && await isDir(path)) {
-        await putTree(client, path, v.as ?? folderName(path), mo, ui);
-      } else {
-        await putOne(client, path, v.as ?? basename(path), mo, ui);
+  return await withClient(v, async (client, ui) => {
+    // Small files go out back to back (see EfxClient.uploadQueued); their
+    // results are printed as the server's replies come in.
+    let code = 0;
+    const fail = (err: unknown) => {
+      ui.err(`efx: ${describeError(err)}`);
+      if (code === 0) code = exitCodeOf(err);
+    };
+    const inflight: Promise<void>[] = [];
+    for (const path of positionals) {
+      if (client.channel.broken) break;
+      try {
+        if (v.recursive && await isDir(path)) {
+          await Promise.all(inflight.splice(0));
+          await putTree(client, path, v.as ?? folderName(path), mo, ui);
+          continue;
+        }
+        const remote = v.as ?? basename(path);
+        const prog = makeProgress(remote, ui);
+        const { done } = await client.uploadQueued(path, remote, {
+          ...mo,
+          ...prog,
+          onNotice: notice(ui),
+        });
+        inflight.push(done.then((r) => {
+          prog.done();
+          if (!ui.quiet) {
+            ui.out(
+              summaryLine({
+                name: remote,
+                bytes: r.bytes,
+                ms: r.ms,
+                sha256: r.sha256,
+                verb: "uploaded",
+              }) +
+                resumed(r.resumedFrom),
+            );
+          }
+          if (ui.verbose) ui.err(`efx: sha256 sent ${r.sha256}, server computed ${r.peerSha256}`);
+        }, (err) => {
+          prog.done();
+          fail(err);
+        }));
+        if (inflight.length >= 64) await inflight.shift();
+      } catch (err) {
+        fail(err);
       }
-    }));
+    }
+    await Promise.all(inflight);
+    return code;
+  });
 }
 
 export const DOWNLOAD_USAGE =
