@@ -267,12 +267,23 @@ Deno.test("channel: a server answering with another version is refused by the cl
 Deno.test("channel: a silent client hits the server's handshake timeout", async () => {
   const started = Date.now();
   const { s, c } = await rawClient(async (_conn, reader) => {
-    // Send nothing; the server must give up and close.
-    const got = new Uint8Array(1);
-    return await reader.readExactOrEof(got, "anything").catch(() => false);
+    // Send nothing; the server must give up, say so in a TIMEOUT alert, and close.
+    const head = new Uint8Array(3);
+    await reader.readExact(head, "alert header");
+    const body = new Uint8Array((head[1] << 8) | head[2]);
+    await reader.readExact(body, "alert body");
+    const more = await reader.readExactOrEof(new Uint8Array(1), "after").catch(() => false);
+    return { type: head[0], code: body[0], text: new TextDecoder().decode(body.subarray(1)), more };
   }, { handshakeTimeoutMs: 300 });
   rejectedWith(s, "TimeoutError", /handshake timed out after 0.3 s/);
-  assert.equal(c.status === "fulfilled" && c.value, false); // closed without a byte
+  assert.equal(c.status, "fulfilled");
+  const got = (c as PromiseFulfilledResult<
+    { type: number; code: number; text: string; more: boolean }
+  >).value;
+  assert.equal(got.type, HandshakeType.ALERT);
+  assert.equal(got.code, AlertCode.TIMEOUT);
+  assert.match(got.text, /handshake timed out/);
+  assert.equal(got.more, false); // then closed
   assert.ok(Date.now() - started >= 250);
 });
 
