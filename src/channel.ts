@@ -22,8 +22,8 @@ import { AuthError, IntegrityError, ProtocolError, RemoteError } from "./errors.
 import {
   AlertCode,
   clientHandshake,
-  encodeAlert,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  encodeAlert,
   type HandshakeResult,
   serverHandshake,
   withDeadline,
@@ -221,27 +221,42 @@ export class SecureChannel {
   /**
    * Sends a byte stream as DATA records (at most {@linkcode DATA_CHUNK} bytes
    * each); the last carries END. Chunks from `source` must not be modified
-   * after they are yielded. Several records are sealed while earlier ones are
+   * after they are yielded, until `release` is called with them (once each
+   * chunk's record is sealed and written; a chunk longer than DATA_CHUNK is
+   * released once per record it was cut into). Several records are sealed while earlier ones are
    * written. Returns the number of bytes sent.
    */
-  async sendStream(source: AsyncIterable<Uint8Array>): Promise<number> {
+  async sendStream(
+    source: AsyncIterable<Uint8Array>,
+    release: (chunk: Uint8Array) => void = () => {},
+  ): Promise<number> {
     const inflight: Promise<void>[] = [];
-    const push = (p: Promise<void>) => {
+    // One record is held back until the next arrives, so that the last one
+    // can carry END. `owner` is the source chunk a part belongs to; it is
+    // released after the record of its last part is written.
+    let held: { part: Uint8Array; owner: Uint8Array | null } | null = null;
+    const send = (h: { part: Uint8Array; owner: Uint8Array | null }, flags: number) => {
+      const p = this.#writer.send(RecordType.DATA, flags, h.part).then(() => {
+        if (h.owner) release(h.owner);
+      });
       p.catch(() => {});
       inflight.push(p);
     };
-    let held: Uint8Array | null = null;
     let total = 0;
     for await (const chunk of source) {
+      if (chunk.length === 0) {
+        release(chunk);
+        continue;
+      }
       for (let o = 0; o < chunk.length; o += DATA_CHUNK) {
-        const part = chunk.subarray(o, Math.min(chunk.length, o + DATA_CHUNK));
-        if (held) push(this.#writer.send(RecordType.DATA, 0, held));
-        held = part;
-        total += part.length;
+        const end = Math.min(chunk.length, o + DATA_CHUNK);
+        if (held) send(held, 0);
+        held = { part: chunk.subarray(o, end), owner: end === chunk.length ? chunk : null };
+        total += end - o;
         while (inflight.length >= SEND_DEPTH) await inflight.shift();
       }
     }
-    push(this.#writer.send(RecordType.DATA, FLAG_END, held ?? new Uint8Array(0)));
+    send(held ?? { part: new Uint8Array(0), owner: null }, FLAG_END);
     for (const p of inflight) await p;
     return total;
   }

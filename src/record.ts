@@ -28,6 +28,7 @@ import { constantTimeEqual, u64 } from "./bytes.ts";
 import { EfxError, IntegrityError, ProtocolError } from "./errors.ts";
 import { BufferedReader, type Readable, type Writable, writeAll } from "./io.ts";
 import { Keystream, xorInto } from "./keystream.ts";
+import { give, take } from "./pool.ts";
 
 /** Record types. */
 export const RecordType = {
@@ -153,7 +154,7 @@ export class RecordSealer {
     const ks = this.#ks.generate(seq, body.length);
     return ks.then((stream) => {
       const n = body.length;
-      const frame = new Uint8Array(HEADER_LEN + n + TAG_LEN);
+      const frame = take(HEADER_LEN + n + TAG_LEN); // every byte is written below
       frame.set(encodeHeader(type, flags, n), 0);
       const ct = frame.subarray(HEADER_LEN, HEADER_LEN + n);
       ct.set(body);
@@ -287,7 +288,9 @@ export class RecordWriter {
     const done = this.#tail.then(async () => {
       if (this.#failed !== undefined) throw this.#failed;
       try {
-        await writeAll(this.#out, await frame);
+        const bytes = await frame;
+        await writeAll(this.#out, bytes);
+        give(bytes); // written: the frame buffer can serve a later record
       } catch (err) {
         this.#failed ??= err;
         throw err;
@@ -319,7 +322,7 @@ export class RecordReader {
     const header = new Uint8Array(HEADER_LEN);
     if (!(await this.#in.readExactOrEof(header, "a record header"))) return null;
     const rec = this.#opener.begin(header);
-    const buf = new Uint8Array(rec.length + TAG_LEN);
+    const buf = take(rec.length + TAG_LEN); // the consumer may give() the body back
     await this.#in.readExact(buf, `record ${rec.seq}`);
     return await this.#opener.finish(rec, buf);
   }

@@ -14,6 +14,7 @@ import type { AtomicWriter } from "./atomic_file.ts";
 import { DATA_CHUNK, type SecureChannel } from "./channel.ts";
 import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import { parseTrailer, type Trailer } from "./messages.ts";
+import { give, take } from "./pool.ts";
 
 /** Result of a finished transfer. */
 export interface TransferResult {
@@ -51,7 +52,7 @@ export async function sendFile(
   let bytes = 0;
   async function* chunks(): AsyncGenerator<Uint8Array> {
     while (true) {
-      const buf = new Uint8Array(DATA_CHUNK);
+      const buf = take(DATA_CHUNK); // given back by sendStream once sealed and sent
       let fill = 0;
       while (fill < buf.length) {
         const n = await file.read(buf.subarray(fill));
@@ -67,7 +68,7 @@ export async function sendFile(
       if (fill < buf.length) return;
     }
   }
-  await ch.sendStream(chunks());
+  await ch.sendStream(chunks(), give);
   const sha256 = hash.digest("hex");
   const trailer: Trailer = bytes === size ? { ok: true, sha256, bytes } : {
     ok: false,
@@ -112,7 +113,10 @@ export async function receiveFile(
         await writer.abort();
         continue;
       }
-      pending = writer.write(chunk).then(() => onBytes(chunk.length));
+      pending = writer.write(chunk).then(() => {
+        onBytes(chunk.length);
+        give(chunk); // written: the record buffer can serve a later record
+      });
       pending.catch(() => {});
     }
     try {
