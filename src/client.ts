@@ -138,9 +138,13 @@ export class EfxClient {
     let file: Deno.FsFile;
     let st: Deno.FileInfo;
     try {
+      await checkRegularFile(localPath);
       file = await Deno.open(localPath, { read: true });
     } catch (err) {
-      return settled(Promise.reject(new EfxError(`cannot read ${localPath}: ${localReason(err)}`)));
+      const e = err instanceof EfxError
+        ? err
+        : new EfxError(`cannot read ${localPath}: ${localReason(err)}`);
+      return settled(Promise.reject(e));
     }
     try {
       st = await file.stat();
@@ -212,8 +216,10 @@ export class EfxClient {
     const t0 = performance.now();
     let file: Deno.FsFile;
     try {
+      await checkRegularFile(localPath);
       file = await Deno.open(localPath, { read: true });
     } catch (err) {
+      if (err instanceof EfxError) throw err;
       throw new EfxError(`cannot read ${localPath}: ${localReason(err)}`);
     }
     try {
@@ -403,6 +409,16 @@ export class EfxClient {
     await this.settle();
     await this.channel.close();
   }
+}
+
+/**
+ * Refuses anything but a regular file BEFORE opening it: opening a FIFO for
+ * reading would block until a writer appears, and a device has no end.
+ */
+async function checkRegularFile(path: string): Promise<void> {
+  const st = await Deno.stat(path);
+  if (st.isDirectory) throw new EfxError(`cannot upload ${path}: it is a folder (use -r)`);
+  if (!st.isFile) throw new EfxError(`cannot upload ${path}: not a regular file`);
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -9,6 +9,7 @@
  * @module
  */
 import { ProtocolError, RemoteError } from "./errors.ts";
+import { sanitize } from "./progress.ts";
 
 /** Client requests. */
 export type Request =
@@ -147,7 +148,11 @@ export function parseRequest(msg: Record<string, unknown>): Request {
 export function expectOk<T extends { ok: true }>(msg: Record<string, unknown>): T {
   if (msg.ok === true) return msg as unknown as T;
   if (msg.ok === false) {
-    throw new RemoteError(String(msg.code ?? "error"), String(msg.message ?? "request failed"));
+    // Text from the peer never reaches the terminal with control characters in it.
+    throw new RemoteError(
+      sanitize(String(msg.code ?? "error")),
+      sanitize(String(msg.message ?? "request failed")),
+    );
   }
   throw new ProtocolError("malformed reply from peer (no ok field)");
 }
@@ -168,7 +173,8 @@ export function parseTrailer(msg: Record<string, unknown>): { sha256: string; by
 export function parseGetReply(msg: Record<string, unknown>): GetReply {
   const r = expectOk<GetReply>(msg);
   for (const k of ["size", "mode", "mtime"] as const) {
-    if (typeof r[k] !== "number" || !Number.isFinite(r[k]) || r[k] < 0) {
+    // mtime may be negative: files from before 1970 exist.
+    if (typeof r[k] !== "number" || !Number.isFinite(r[k]) || (k !== "mtime" && r[k] < 0)) {
       throw new ProtocolError(`malformed reply: bad ${k}`);
     }
   }

@@ -76,6 +76,7 @@ export class EfxServer {
   #active = new Set<SecureChannel | Transport>();
   #handlers = new Set<Promise<void>>();
   #stopping = false;
+  #stopped: Promise<void> | undefined;
   /** Resolves when the accept loop has ended. */
   readonly done: Promise<void>;
 
@@ -143,16 +144,20 @@ export class EfxServer {
   }
 
   /** Stops accepting, aborts every connection (unfinished uploads are removed) and waits for cleanup. */
-  async shutdown(): Promise<void> {
-    if (this.#stopping) return await this.done;
-    this.#stopping = true;
-    clearInterval(this.#sweeper);
-    try {
-      this.#listener.close();
-    } catch { /* already closed */ }
-    for (const c of this.#active) c instanceof SecureChannel ? c.abort() : safeClose(c);
-    await this.done;
-    await Promise.allSettled([...this.#handlers]);
+  shutdown(): Promise<void> {
+    // Every caller waits for the same thing: connections aborted AND their
+    // handlers finished (which is when unfinished uploads are removed).
+    this.#stopped ??= (async () => {
+      this.#stopping = true;
+      clearInterval(this.#sweeper);
+      try {
+        this.#listener.close();
+      } catch { /* already closed */ }
+      for (const c of this.#active) c instanceof SecureChannel ? c.abort() : safeClose(c);
+      await this.done;
+      await Promise.allSettled([...this.#handlers]);
+    })();
+    return this.#stopped;
   }
 
   async #acceptLoop(): Promise<void> {

@@ -14,6 +14,7 @@ import {
   getOne,
   getTree,
   listingLine,
+  onInterrupt,
   putOne,
   putTree,
   type Ui,
@@ -141,6 +142,30 @@ export async function shellCommand(args: string[]): Promise<number> {
   }
   const ui = uiFromFlags(v);
   const client = await connectFromFlags(v, ui);
+  // Ctrl-C during a transfer aborts it (its temp file is removed) and ends
+  // the session; at the prompt it just leaves.
+  let busy = false;
+  const interrupt = onInterrupt(() => {
+    client.channel.abort();
+    if (!busy) {
+      ui.err("");
+      Deno.exit(0);
+    }
+  });
+  const setBusy = (b: boolean) => busy = b;
+  try {
+    return await runShell(client, ui, interrupt, setBusy);
+  } finally {
+    interrupt.dispose();
+  }
+}
+
+async function runShell(
+  client: EfxClient,
+  ui: Ui,
+  interrupt: ReturnType<typeof onInterrupt>,
+  setBusy: (busy: boolean) => void,
+): Promise<number> {
   let tty = false;
   try {
     tty = Deno.stdin.isTerminal();
@@ -153,8 +178,10 @@ export async function shellCommand(args: string[]): Promise<number> {
   prompt();
   for await (const line of stdinLines()) {
     try {
+      setBusy(true);
       if (!(await runShellLine(client, line, ui))) break;
     } catch (err) {
+      interrupt.check();
       ui.err(`efx: ${describeError(err)}`);
       if (code === 0) code = exitCodeOf(err);
       if (client.channel.broken) {
@@ -162,6 +189,7 @@ export async function shellCommand(args: string[]): Promise<number> {
         return code;
       }
     }
+    setBusy(false);
     prompt();
   }
   await client.close();

@@ -333,13 +333,12 @@ Deno.test("round trip: a name of exactly 255 bytes (the limit) works", async () 
 });
 
 Deno.test({
-  // BUG: a file whose mtime is before 1970 uploads fine (the server accepts a
+  // Regression (fixed bug): a file whose mtime is before 1970 uploads fine (the server accepts a
   // negative mtime and stores it) but can never be downloaded: the client's
   // parseGetReply (src/messages.ts) rejects any negative number, so
   // `efx download` fails with "efx: malformed reply: bad mtime" (exit 1).
   // Repro: touch -d "1960-01-01 00:00:00Z" old.txt; efx upload old.txt ...;
   // efx download old.txt -o old2.txt ...  -> "efx: malformed reply: bad mtime".
-  ignore: true,
   name: "round trip: a file with a pre-1970 mtime",
   fn: async () => {
     await withWork(async (work) => {
@@ -602,12 +601,11 @@ Deno.test("upload of a file that cannot be read: clear error, exit 1", async () 
 });
 
 Deno.test({
-  // BUG: `efx upload FIFO` hangs forever. EfxClient.upload (src/client.ts) opens
+  // Regression (fixed bug): `efx upload FIFO` hangs forever. EfxClient.upload (src/client.ts) opens
   // the local path with Deno.open before checking that it is a regular file;
   // open(2) of a FIFO for reading blocks until a writer appears, so the client
   // never gets to its "not a regular file" check (the server's Storage.openRead
   // stats first for exactly this reason). Repro: mkfifo f; efx upload f ... (hangs).
-  ignore: true,
   name: "upload of a FIFO fails with 'not a regular file' instead of hanging",
   fn: async () => {
     await withWork(async (work) => {
@@ -782,7 +780,7 @@ Deno.test("SIGTERM during an upload: server exits 0 promptly, no file appears, c
 });
 
 Deno.test({
-  // BUG: `efx serve` can exit on SIGTERM before its connection handlers have
+  // Regression (fixed bug): `efx serve` can exit on SIGTERM before its connection handlers have
   // cleaned up, leaving `.efx-tmp-*` temp files of interrupted uploads in the
   // storage root (seen in about 1 run in 8 with one upload; this test runs 4
   // at once, 3 times). Cause: the signal listener calls server.shutdown()
@@ -794,7 +792,6 @@ Deno.test({
   // receiveFile's `writer.abort()`. (A later start removes the leftovers, but
   // until then a partial upload sits in the storage.) Repro: start uploads of
   // a 200 MB file, send SIGTERM to the server, `ls -a` its storage root.
-  ignore: true,
   name: "SIGTERM during uploads leaves no temp file (server waits for its handlers)",
   fn: async () => {
     for (let round = 0; round < 3; round++) {
@@ -855,14 +852,13 @@ Deno.test("server stopped during a download: client exits 1 and leaves no partia
 });
 
 Deno.test({
-  // BUG: Ctrl-C (SIGINT) or SIGTERM on `efx download` leaves the partial
+  // Regression (fixed bug): Ctrl-C (SIGINT) or SIGTERM on `efx download` leaves the partial
   // download behind as a hidden `.efx-tmp-<hex>` file in the destination
   // folder, forever: the client installs no signal handler, so the
   // AtomicWriter is never aborted, and nothing on the client side ever runs
   // removeStaleTemps (only the server cleans its storage at start). Repro:
   // efx download big.bin (200 MB) ... ; press Ctrl-C mid-way; ls -a shows
   // .efx-tmp-... with the bytes received so far.
-  ignore: true,
   name: "client interrupted (SIGINT/SIGTERM) mid-download leaves no temp file",
   fn: async () => {
     const server = await startServer();
@@ -999,7 +995,7 @@ Deno.test("hostile server: a wrong hash, a wrong size or a setuid mode never lan
 });
 
 Deno.test({
-  // BUG: error messages from the server are printed to the terminal as they
+  // Regression (fixed bug): error messages from the server are printed to the terminal as they
   // came. A listing sanitizes names and an ALERT's text goes through
   // sanitize() (src/channel.ts), but an error reply ({ok:false, message})
   // becomes a RemoteError whose message reaches `console.error("efx: ...")`
@@ -1009,7 +1005,6 @@ Deno.test({
   // Repro: a server answering any request with
   // {ok:false, code:"x", message:"boom\x1b]0;pwned\x07\x1b[2J"}; `efx rm a`
   // prints the raw ESC/BEL bytes on stderr.
-  ignore: true,
   name: "hostile server: its error messages cannot put escape sequences on the terminal",
   fn: async () => {
     const fake = await startFakeServer(async (ch) => {

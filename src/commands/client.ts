@@ -9,7 +9,7 @@ import { basename, join } from "node:path";
 import { intFlag, parseFlags, parseHostPort } from "../cli/flags.ts";
 import { type ClientIdentity, loadClientIdentity } from "../auth.ts";
 import { EfxClient } from "../client.ts";
-import { describeError, exitCodeOf, UsageError } from "../errors.ts";
+import { describeError, EfxError, exitCodeOf, UsageError } from "../errors.ts";
 import { loadPublicKeyFile } from "../keys.ts";
 import {
   formatBytes,
@@ -313,12 +313,42 @@ async function withClient(
 ): Promise<number> {
   const ui = uiFromFlags(v);
   const client = await connectFromFlags(v, ui);
+  const interrupt = onInterrupt(() => client.channel.abort());
   try {
-    return await run(client, ui);
+    const code = await run(client, ui);
+    interrupt.check();
+    return code;
+  } catch (err) {
+    interrupt.check(); // report the interruption, not the broken connection it caused
+    throw err;
   } finally {
+    interrupt.dispose();
     if (client.channel.broken) client.channel.abort();
     else await client.close();
   }
+}
+
+/**
+ * On SIGINT or SIGTERM, runs `stop` (which aborts the connection, so that the
+ * transfer under way fails and cleans up its temp file) instead of dying on
+ * the spot. `check()` then throws "interrupted".
+ */
+export function onInterrupt(stop: () => void) {
+  let hit = false;
+  const handler = () => {
+    hit = true;
+    stop();
+  };
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  for (const sig of signals) Deno.addSignalListener(sig, handler);
+  return {
+    check() {
+      if (hit) throw new EfxError("interrupted; unfinished transfers were discarded");
+    },
+    dispose() {
+      for (const sig of signals) Deno.removeSignalListener(sig, handler);
+    },
+  };
 }
 
 export const UPLOAD_USAGE =
