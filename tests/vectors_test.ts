@@ -13,9 +13,13 @@ import {
   createPublicKey,
   hkdfSync,
   privateDecrypt,
+  verify as nodeVerify,
 } from "node:crypto";
+import { Buffer } from "node:buffer";
 import { join } from "node:path";
+import { clientAuthMessage, loadClientIdentity, verifyClientAuth } from "../src/auth.ts";
 import { fromHex, sha256, toHex } from "../src/bytes.ts";
+import { AuthError } from "../src/errors.ts";
 import {
   deriveSessionKeys,
   encodeClientHello,
@@ -31,7 +35,13 @@ import {
 import { fingerprint, loadServerPrivateKey } from "../src/keys.ts";
 import { Keystream, keystreamSalt } from "../src/keystream.ts";
 import { type DirectionKeys, RecordOpener, RecordSealer } from "../src/record.ts";
-import { buildVectors, type RecordVector, serialize, VECTORS_PATH } from "./vectors/generate.ts";
+import {
+  buildVectors,
+  keptInputsOf,
+  type RecordVector,
+  serialize,
+  VECTORS_PATH,
+} from "./vectors/generate.ts";
 
 const V = JSON.parse(await Deno.readTextFile(VECTORS_PATH));
 const h = (s: string) => fromHex(s) as Uint8Array<ArrayBuffer>;
@@ -108,9 +118,7 @@ function implKeys(direction: string): DirectionKeys {
 
 Deno.test("vectors: generator reproduces channel.json byte for byte", async () => {
   const text = await Deno.readTextFile(VECTORS_PATH);
-  const rebuilt = serialize(
-    await buildVectors({ privatePem: V.rsa_test_key.private_pkcs8_pem, ciphertext }),
-  );
+  const rebuilt = serialize(await buildVectors(await keptInputsOf(V)));
   assert.equal(rebuilt, text);
 });
 
@@ -289,4 +297,116 @@ Deno.test("vectors: a frame opened under the wrong direction's keys or seq fails
   await assert.rejects(wrongDir.open(h(c2s[0].frame_hex)), { name: "IntegrityError" });
   const wrongSeq = await RecordOpener.create(implKeys("c2s"));
   await assert.rejects(wrongSeq.open(h(c2s[1].frame_hex)), { name: "IntegrityError" });
+});
+
+// ---- client authentication ----
+
+const CA = V.client_auth;
+
+Deno.test("vectors: client_auth key is a public test key; SPKI, PEM and fingerprint match", async () => {
+  assert.match(CA.WARNING, /PUBLIC TEST KEY/);
+  const priv = createPrivateKey(CA.private_pkcs8_pem);
+  assert.equal(priv.asymmetricKeyType, "rsa");
+  assert.equal(priv.asymmetricKeyDetails?.modulusLength, 2048);
+  const pub = createPublicKey(priv);
+  assert.equal(pub.export({ type: "spki", format: "pem" }), CA.public_spki_pem);
+  const refSpki = new Uint8Array(pub.export({ type: "spki", format: "der" }));
+  assert.equal(toHex(refSpki), CA.spki_hex);
+  const refFp = "SHA256:" +
+    createHash("sha256").update(refSpki).digest("base64").replace(/=+$/, "");
+  assert.equal(CA.fingerprint, refFp);
+  assert.equal(await fingerprint(h(CA.spki_hex)), refFp);
+  // A different key from the server's.
+  assert.notEqual(CA.spki_hex, V.rsa_test_key.spki_hex);
+});
+
+Deno.test("vectors: client_auth signed message is 'efx1 client auth' || th of the vector handshake", () => {
+  assert.equal(CA.transcript_hash, V.handshake.transcript_hash);
+  assert.equal(CA.label_ascii, "efx1 client auth");
+  assert.equal(CA.signed_message, toHex(cat(ascii("efx1 client auth"), th)));
+  assert.equal(h(CA.signed_message).length, 16 + 32);
+  // The auth message carries the SPKI and the signature in standard base64.
+  const b64 = (hex: string) => Buffer.from(h(hex)).toString("base64");
+  assert.deepEqual(CA.auth_message, { op: "auth", key: b64(CA.spki_hex), sig: b64(CA.signature) });
+  assert.equal(CA.auth_message_json, JSON.stringify(CA.auth_message));
+  assert.equal(h(CA.signature).length, 256);
+});
+
+Deno.test("vectors: node:crypto verifies the stored RSA-PSS signature (salt 32) independently", () => {
+  const params = {
+    key: CA.public_spki_pem,
+    padding: constants.RSA_PKCS1_PSS_PADDING,
+    saltLength: 32,
+  };
+  assert.equal(nodeVerify("sha256", h(CA.signed_message), params, h(CA.signature)), true);
+  // The signature is bound to th: another transcript hash, or one flipped bit, fails.
+  const otherTh = cat(ascii("efx1 client auth"), createHash("sha256").update("x").digest());
+  assert.equal(nodeVerify("sha256", otherTh, params, h(CA.signature)), false);
+  const flipped = h(CA.signature).slice();
+  flipped[100] ^= 1;
+  assert.equal(nodeVerify("sha256", h(CA.signed_message), params, flipped), false);
+  // Salt length is part of the scheme: verifying as salt 0 (or the max) fails.
+  for (const saltLength of [0, 222]) {
+    assert.equal(
+      nodeVerify("sha256", h(CA.signed_message), { ...params, saltLength }, h(CA.signature)),
+      false,
+      `salt ${saltLength}`,
+    );
+  }
+});
+
+Deno.test("vectors: verifyClientAuth accepts the stored auth message for th and refuses it elsewhere", async () => {
+  assert.equal(await verifyClientAuth(CA.auth_message, th), CA.fingerprint);
+  // The same message in any other session (another transcript hash) is refused.
+  const otherTh = th.slice();
+  otherTh[31] ^= 1;
+  await assert.rejects(verifyClientAuth(CA.auth_message, otherTh), (err) => {
+    assert.ok(err instanceof AuthError);
+    assert.match(err.message, /bad signature for this session/);
+    assert.ok(err.message.includes(CA.fingerprint));
+    return true;
+  });
+  await assert.rejects(verifyClientAuth(CA.auth_message, new Uint8Array(32)), AuthError);
+  // The server's key cannot stand in for the client's (signature by another key).
+  const swapped = { ...CA.auth_message, key: Buffer.from(spki).toString("base64") };
+  await assert.rejects(verifyClientAuth(swapped, th), AuthError);
+});
+
+Deno.test("vectors: clientAuthMessage with the test key signs exactly the vector message", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "efx-vectors-" });
+  try {
+    const path = join(dir, "client.key.pem");
+    await Deno.writeTextFile(path, CA.private_pkcs8_pem, { mode: 0o600 });
+    const id = await loadClientIdentity(path);
+    assert.equal(id.fingerprint, CA.fingerprint);
+    assert.equal(toHex(id.spki), CA.spki_hex);
+    const msg = await clientAuthMessage(id, th);
+    assert.equal(msg.op, "auth");
+    assert.equal(msg.key, CA.auth_message.key);
+    // PSS is randomized: a fresh signature differs but verifies the same way.
+    assert.notEqual(msg.sig, CA.auth_message.sig);
+    const params = {
+      key: CA.public_spki_pem,
+      padding: constants.RSA_PKCS1_PSS_PADDING,
+      saltLength: 32,
+    };
+    assert.equal(
+      nodeVerify("sha256", h(CA.signed_message), params, Buffer.from(msg.sig, "base64")),
+      true,
+    );
+    assert.equal(await verifyClientAuth(msg, th), CA.fingerprint);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vectors: the auth record is the auth MSG sealed as c2s record 0", async () => {
+  const r = CA.auth_record;
+  assert.equal(r.direction, "c2s");
+  assert.equal(r.seq, 0);
+  const body = ascii(CA.auth_message_json);
+  assert.equal(toHex(refSeal(refKeys("c2s"), 0n, 1, 0, body)), r.frame_hex);
+  const opened = await (await RecordOpener.create(implKeys("c2s"))).open(h(r.frame_hex));
+  assert.equal(opened.type, 1);
+  assert.equal(new TextDecoder().decode(opened.body), CA.auth_message_json);
 });

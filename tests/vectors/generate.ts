@@ -4,19 +4,23 @@
  *
  *     deno run --allow-read --allow-write --allow-run tests/vectors/generate.ts [--check] [--new-key]
  *
- * Everything is deterministic except two inputs that cannot be: the RSA test
- * key pair and the RSA-OAEP ciphertext of the secret (OAEP is randomized).
- * Both are made once (the key with `openssl genpkey`, the ciphertext with
- * WebCrypto), stored in channel.json, and reused on every later run, so a
- * rerun reproduces the file byte for byte. `--new-key` makes new ones;
- * `--check` compares instead of writing and exits 1 on a difference.
+ * Everything is deterministic except four inputs that cannot be: the RSA
+ * server test key pair, the RSA-OAEP ciphertext of the secret (OAEP is
+ * randomized), the RSA client test key pair and the client's RSA-PSS
+ * signature (PSS is randomized too). They are made once (the keys with
+ * `openssl genpkey`, the ciphertext and the signature with WebCrypto), stored
+ * in channel.json, and reused on every later run, so a rerun reproduces the
+ * file byte for byte. `--new-key` makes new ones (a channel.json without the
+ * `client_auth` entry gets new client inputs only); `--check` compares
+ * instead of writing and exits 1 on a difference.
  *
- * The key pair is a PUBLIC TEST KEY: it is published in this repository and
- * must never protect anything.
+ * Both key pairs are PUBLIC TEST KEYS: they are published in this repository
+ * and must never protect anything.
  *
  * @module
  */
 import { concat, fromHex, sha256, toHex, utf8 } from "../../src/bytes.ts";
+import { PSS_SALT_LENGTH } from "../../src/auth.ts";
 import {
   deriveSessionKeys,
   encodeClientHello,
@@ -40,11 +44,19 @@ export const FIXED = {
   serverNonce: counting(0xc0, 32),
 };
 
-/** The two inputs that are produced once and then kept (see the module doc). */
+/** The inputs that are produced once and then kept (see the module doc). */
 export interface KeptInputs {
+  /** Server test key, PKCS#8 PEM. */
   privatePem: string;
   ciphertext: Uint8Array<ArrayBuffer>;
+  /** Client test key, PKCS#8 PEM. */
+  clientPrivatePem: string;
+  /** RSA-PSS-SHA256 (salt 32) signature of CLIENT_AUTH_LABEL || th by the client key. */
+  clientSignature: Uint8Array<ArrayBuffer>;
 }
+
+/** The label a client signs in front of the transcript hash. */
+export const CLIENT_AUTH_LABEL = "efx1 client auth";
 
 /** One record of the vectors: its plaintext fields and its sealed wire frame. */
 export interface RecordVector {
@@ -113,10 +125,35 @@ export async function spkiOfPrivatePem(pem: string): Promise<Uint8Array<ArrayBuf
   return new Uint8Array(await crypto.subtle.exportKey("spki", pub));
 }
 
+/** `SHA256:` + unpadded base64 of the SHA-256 of an SPKI. */
+async function fingerprintOf(spki: Uint8Array): Promise<string> {
+  return "SHA256:" + b64(await sha256(spki)).replace(/=+$/, "");
+}
+
+function b64(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes));
+}
+
+/** The transcript hash of the vector handshake (depends on the server key and the ciphertext). */
+async function vectorTranscriptHash(privatePem: string, ciphertext: Uint8Array) {
+  const spki = await spkiOfPrivatePem(privatePem);
+  return await sha256(
+    encodeClientHello(FIXED.clientNonce),
+    encodeServerHello(FIXED.serverNonce, spki),
+    encodeClientKey(ciphertext),
+  );
+}
+
+/** PEM text of a DER value, 64 characters a line. */
+function pem(label: string, der: Uint8Array): string {
+  const lines = b64(der).match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
+}
+
 /** Builds the whole vector file from the kept inputs (deterministic). */
 export async function buildVectors(kept: KeptInputs): Promise<Record<string, unknown>> {
   const spki = await spkiOfPrivatePem(kept.privatePem);
-  const fp = "SHA256:" + btoa(String.fromCharCode(...await sha256(spki))).replace(/=+$/, "");
+  const fp = await fingerprintOf(spki);
 
   const clientHello = encodeClientHello(FIXED.clientNonce);
   const serverHello = encodeServerHello(FIXED.serverNonce, spki);
@@ -147,6 +184,13 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
       });
     }
   }
+
+  // Client authentication: the first c2s record of a session, an `auth` MSG.
+  const clientSpki = await spkiOfPrivatePem(kept.clientPrivatePem);
+  const signed = concat(utf8.encode(CLIENT_AUTH_LABEL), th);
+  const authMessage = { op: "auth", key: b64(clientSpki), sig: b64(kept.clientSignature) };
+  const authBody = utf8.encode(JSON.stringify(authMessage));
+  const authFrame = await (await RecordSealer.create(keys.c2s)).seal(RecordType.MSG, 0, authBody);
 
   return {
     description: "efx protocol version 1 test vectors; see PROTOCOL.md. All byte strings are " +
@@ -212,6 +256,30 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
       seq1_first_80: toHex(await ks.generate(1n, 80)),
     },
     records,
+    client_auth: {
+      WARNING: "PUBLIC TEST KEY: published with these vectors, never use it to protect anything",
+      bits: 2048,
+      private_pkcs8_pem: kept.clientPrivatePem,
+      public_spki_pem: pem("PUBLIC KEY", clientSpki),
+      spki_hex: toHex(clientSpki),
+      fingerprint: await fingerprintOf(clientSpki),
+      transcript_hash: toHex(th),
+      label_ascii: CLIENT_AUTH_LABEL,
+      signed_message: toHex(signed),
+      signature_scheme: `RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length ${PSS_SALT_LENGTH}`,
+      signature: toHex(kept.clientSignature),
+      signature_note: "RSA-PSS is randomized: this signature of `signed_message` by the client " +
+        "test key was produced once and is kept as an input",
+      auth_message: authMessage,
+      auth_message_json: JSON.stringify(authMessage),
+      auth_record: {
+        direction: "c2s",
+        seq: 0,
+        note: "the auth MSG sealed as the first record the client sends in the vector session " +
+          "(c2s keys above, seq 0)",
+        frame_hex: toHex(authFrame),
+      },
+    },
   };
 }
 
@@ -236,6 +304,33 @@ async function opensslKey(): Promise<string> {
   return pem;
 }
 
+/** A fresh client key (openssl) and its signature over the vector transcript. */
+async function freshClientInputs(
+  server: { privatePem: string; ciphertext: Uint8Array<ArrayBuffer> },
+): Promise<Pick<KeptInputs, "clientPrivatePem" | "clientSignature">> {
+  const clientPrivatePem = await opensslKey();
+  const der = Uint8Array.from(
+    atob(clientPrivatePem.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, "")),
+    (c) => c.charCodeAt(0),
+  );
+  const signKey = await crypto.subtle.importKey(
+    "pkcs8",
+    der,
+    { name: "RSA-PSS", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const th = await vectorTranscriptHash(server.privatePem, server.ciphertext);
+  const clientSignature = new Uint8Array(
+    await crypto.subtle.sign(
+      { name: "RSA-PSS", saltLength: PSS_SALT_LENGTH },
+      signKey,
+      concat(utf8.encode(CLIENT_AUTH_LABEL), th),
+    ),
+  );
+  return { clientPrivatePem, clientSignature };
+}
+
 async function freshInputs(): Promise<KeptInputs> {
   const privatePem = await opensslKey();
   const spki = await spkiOfPrivatePem(privatePem);
@@ -249,7 +344,7 @@ async function freshInputs(): Promise<KeptInputs> {
   const ciphertext = new Uint8Array(
     await crypto.subtle.encrypt({ name: "RSA-OAEP" }, pub, FIXED.secret),
   );
-  return { privatePem, ciphertext };
+  return { privatePem, ciphertext, ...await freshClientInputs({ privatePem, ciphertext }) };
 }
 
 async function keptInputs(): Promise<KeptInputs | null> {
@@ -260,11 +355,31 @@ async function keptInputs(): Promise<KeptInputs | null> {
     if (err instanceof Deno.errors.NotFound) return null;
     throw err;
   }
-  const v = JSON.parse(text);
-  return {
-    privatePem: v.rsa_test_key.private_pkcs8_pem,
+  return keptInputsOf(JSON.parse(text), true);
+}
+
+/**
+ * The kept inputs of a parsed channel.json. Without a `client_auth` entry
+ * (an older file), new client inputs are made when `makeMissing`, else it throws.
+ */
+export async function keptInputsOf(
+  // deno-lint-ignore no-explicit-any
+  v: any,
+  makeMissing = false,
+): Promise<KeptInputs> {
+  const server = {
+    privatePem: v.rsa_test_key.private_pkcs8_pem as string,
     ciphertext: fromHex(v.inputs.client_key_ciphertext) as Uint8Array<ArrayBuffer>,
   };
+  if (v.client_auth) {
+    return {
+      ...server,
+      clientPrivatePem: v.client_auth.private_pkcs8_pem,
+      clientSignature: fromHex(v.client_auth.signature) as Uint8Array<ArrayBuffer>,
+    };
+  }
+  if (!makeMissing) throw new Error("channel.json has no client_auth entry");
+  return { ...server, ...await freshClientInputs(server) };
 }
 
 if (import.meta.main) {
