@@ -174,7 +174,7 @@ export class EfxClient {
     } catch (err) {
       // The file changed while read: its trailer said so, and the server's
       // reply (an error) must still be read in turn.
-      if (!(err instanceof RemoteError) || ch.broken) throw err;
+      if (!(err instanceof RemoteError) || ch.broken) throw await this.#explain(err);
       sendError = err;
     } finally {
       file.close();
@@ -258,11 +258,15 @@ export class EfxClient {
         await file.seek(offset, Deno.SeekMode.Start);
       }
       opts.onStart?.(st.size - offset);
-      const sent = await sendFile(ch, file, {
-        length: st.size - offset,
-        hash,
-        onBytes: opts.onBytes,
-      });
+      let sent;
+      try {
+        sent = await sendFile(ch, file, { length: st.size - offset, hash, onBytes: opts.onBytes });
+      } catch (err) {
+        // Our trailer said the file changed: the server's reply to it is
+        // still owed and must be read, or the next request gets it.
+        if (err instanceof RemoteError && !ch.broken) await ch.recvMessage().catch(() => {});
+        throw await this.#explain(err);
+      }
       const reply = parseTrailer(await ch.recvMessage());
       if (reply.sha256 !== sent.sha256 || reply.bytes !== st.size) {
         throw new IntegrityError(
@@ -376,6 +380,25 @@ export class EfxClient {
     await this.settle();
     await this.channel.sendMessage({ op: "symlink", name, target, force });
     expectOk(await this.channel.recvMessage());
+  }
+
+  /**
+   * A write that failed because the server hung up usually has the reason
+   * waiting in the receive buffer (an ALERT, e.g. "not authorized"): read it
+   * briefly and report that instead of "broken pipe".
+   */
+  async #explain(err: unknown): Promise<unknown> {
+    if (err instanceof EfxError) return err;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const reason = await Promise.race([
+        this.channel.recvMessage().then(() => null, (e) => e),
+        new Promise((r) => timer = setTimeout(r, 500, null)),
+      ]);
+      return reason instanceof EfxError ? reason : err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async #batches(): Promise<FileInfo[]> {

@@ -96,6 +96,7 @@ export async function downloadTree(
   await Deno.mkdir(localDir, { recursive: true });
   const realTop = await Deno.realPath(localDir);
   const dirs: { path: string; mode: number; mtime: number }[] = [];
+  const links: { local: string; target: string }[] = [];
   const top = (await client.list(base)).find((e) => e.name === base && e.type === "dir");
   if (top) dirs.push({ path: localDir, mode: top.mode, mtime: top.mtime });
   for (const e of entries) {
@@ -123,16 +124,33 @@ export async function downloadTree(
     } else if (
       e.type === "symlink" && typeof e.target === "string" && linkStaysInside(rel, e.target)
     ) {
-      const existing = await Deno.lstat(local).catch(() => null);
-      if (existing && !opts.force) {
-        throw new EfxError(`${local} already exists (use --force to overwrite)`);
-      }
-      if (existing) await Deno.remove(local);
-      await Deno.symlink(e.target, local);
-      sum.links++;
+      links.push({ local, target: e.target }); // made last, once every folder exists
     } else {
       opts.notice(`skipping ${e.name}: a link that leads outside the folder`);
       sum.skipped++;
+    }
+  }
+  for (const l of links) {
+    const existing = await Deno.lstat(l.local).catch(() => null);
+    if (existing && !opts.force) {
+      throw new EfxError(`${l.local} already exists (use --force to overwrite)`);
+    }
+    if (existing) await Deno.remove(l.local);
+    await Deno.symlink(l.target, l.local);
+    sum.links++;
+  }
+  // Each link's text stayed inside, but links can combine (`a -> ..`, then
+  // `b -> a/..`): now that the tree is complete, resolve every new link and
+  // remove any that leads out of the folder.
+  for (const l of links) {
+    const real = await Deno.realPath(l.local).catch(() => null);
+    if (real !== null && relative(realTop, real).startsWith("..")) {
+      await Deno.remove(l.local);
+      sum.links--;
+      sum.skipped++;
+      opts.notice(
+        `removed link ${l.local} -> ${l.target}: through other links it leads outside ${localDir}`,
+      );
     }
   }
   for (const d of dirs.reverse()) {

@@ -81,6 +81,11 @@ function uint(v: unknown, what: string): number {
   return v;
 }
 
+function finite(v: unknown, what: string): number {
+  if (typeof v !== "number" || !Number.isFinite(v)) fail(`${what} must be a number`);
+  return v;
+}
+
 function hex64(v: unknown): string {
   if (typeof v !== "string" || !/^[0-9a-f]{64}$/.test(v)) {
     fail("prefixSha256 must be 64 hex digits");
@@ -124,7 +129,7 @@ export function parseRequest(msg: Record<string, unknown>): Request {
         op: "mkdir",
         name: str(msg.name, "name"),
         mode: msg.mode === undefined ? undefined : uint(msg.mode, "mode") & 0o777,
-        mtime: msg.mtime === undefined ? undefined : uint(msg.mtime, "mtime"),
+        mtime: msg.mtime === undefined ? undefined : finite(msg.mtime, "mtime"),
       };
     case "symlink":
       return {

@@ -231,6 +231,10 @@ export class EfxServer {
             );
           }
         } catch (err) {
+          // A pipelined upload's data follows its request regardless: read and drop it.
+          if (msg.op === "put" && msg.pipelined === true && msg.resume !== true) {
+            await drainFile(ch);
+          }
           await ch.sendMessage(errorReply(err));
           req = null;
         }

@@ -372,6 +372,16 @@ export class Storage {
       await fsCall(name, () => Deno.remove(path));
     }
     await fsCall(name, () => Deno.symlink(target, path));
+    // The text check above cannot see through other links (`a -> ..` then
+    // `b -> a/..`): resolve the new link for real and undo it if it leads out.
+    let real: string | null = null;
+    try {
+      real = Deno.realPathSync(path);
+    } catch { /* dangling: only its text can be judged, and that passed */ }
+    if (real !== null && !this.#inside(real)) {
+      Deno.removeSync(path);
+      throw bad("through other links it leads outside the storage root");
+    }
   }
 
   /**

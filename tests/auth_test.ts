@@ -221,7 +221,7 @@ Deno.test("auth: an anonymous client is refused by a server with --authorized-cl
 });
 
 Deno.test({
-  // BUG: a small file (<= 1 MiB) is uploaded "pipelined" (request, DATA and
+  // Regression (fixed bug): a small file (<= 1 MiB) is uploaded "pipelined" (request, DATA and
   // trailer written back to back without waiting). A server that refuses an
   // anonymous client sends ALERT(auth) and closes as soon as it has read the
   // request, so the client's data write usually fails first and the CLI
@@ -230,7 +230,6 @@ Deno.test({
   // without reading the alert that is already waiting). Racy: fails in most
   // of the 6 tries.
   name: "auth: an anonymous small-file upload to a closed server says why, with exit 3",
-  ignore: true,
   fn: async () => {
     await withWork(async (work) => {
       await Deno.writeTextFile(join(work, "small.txt"), "small");
@@ -266,7 +265,7 @@ Deno.test("auth: rights=read downloads and lists but cannot upload or remove", a
 });
 
 Deno.test({
-  // BUG: when a pipelined put (small file, no --resume) is refused for lack
+  // Regression (fixed bug): when a pipelined put (small file, no --resume) is refused for lack
   // of rights (rights=read, or any client of a --read-only server), the
   // server replies "not permitted" from the rights check in #handle, which
   // does not drain the DATA records and trailer that follow the request (only
@@ -277,7 +276,6 @@ Deno.test({
   // of "not permitted".
   name:
     "auth: rights=read refuses every file of a multi-file upload cleanly, the connection goes on",
-  ignore: true,
   fn: async () => {
     await withWork(async (work) => {
       await Deno.writeTextFile(join(work, "one.txt"), "1");

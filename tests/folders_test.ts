@@ -468,7 +468,7 @@ Deno.test("folders: a hostile server cannot write through a link out of the targ
 });
 
 Deno.test({
-  // BUG: linkStaysInside (client, downloadTree) and Storage.symlink (server)
+  // Regression (fixed bug): linkStaysInside (client, downloadTree) and Storage.symlink (server)
   // check a link target only lexically, one link at a time. Two links that
   // each look inside compose into one that leads out: "sub/lnk" -> ".."
   // (lexically the tree's top) and then "z" -> "sub/lnk/.." (lexically
@@ -479,7 +479,6 @@ Deno.test({
   // Likewise an uploader can create such a link in the server's storage
   // (never followed by efx, which checks realPath on every access).
   name: "folders: no link created by download -r resolves outside the target folder",
-  ignore: true,
   fn: async () => {
     const chain = await hostileServer([
       { name: "base/sub", type: "dir" },
@@ -543,7 +542,6 @@ Deno.test({
   // follows it (every access re-checks realPath), but the storage folder
   // then holds a link out of the root.
   name: "folders: the server refuses a link that resolves outside its root through another link",
-  ignore: true,
   fn: async () => {
     const client = await connectClient(S);
     try {
@@ -557,14 +555,13 @@ Deno.test({
 });
 
 Deno.test({
-  // BUG: parseRequest reads mkdir's mtime with uint() (non-negative
+  // Regression (fixed bug): parseRequest reads mkdir's mtime with uint() (non-negative
   // integers only) while put accepts any finite mtime, and downloads accept
   // pre-1970 times too. `upload -r` of a tree with a folder last modified
   // before 1970 therefore fails with "malformed request: mtime must be a
   // non-negative integer" (exit 1) when it applies folder metadata, and the
   // remaining folders keep neither their mode nor their mtime.
   name: "folders: a folder with a pre-1970 mtime goes up and comes back",
-  ignore: true,
   fn: async () => {
     await withWork(async (work) => {
       await Deno.mkdir(join(work, "old/sub"), { recursive: true });
