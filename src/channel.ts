@@ -44,7 +44,7 @@ import {
 } from "./record.ts";
 
 /** Size of the DATA records a stream is cut into. */
-export const DATA_CHUNK = 256 * 1024;
+export const DATA_CHUNK = 1024 * 1024;
 /** Records a stream may have in flight (sealing or being written) at once. */
 const SEND_DEPTH = 4;
 
