@@ -181,6 +181,7 @@ export class AtomicWriter {
         const tempPath = join(dir, TEMP_PREFIX + randomHex(12));
         try {
           const file = Deno.openSync(tempPath, { write: true, createNew: true, mode: 0o600 });
+          file.lockSync(true); // held while alive: see removeStaleTemps
           return new AtomicWriter(file, tempPath, finalPath, force, label, mapError);
         } catch (err) {
           if (err instanceof Deno.errors.AlreadyExists && attempt < 3) continue;
@@ -202,6 +203,9 @@ export class AtomicWriter {
     const { path, offset } = opts.partial!;
     const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
     try {
+      if (!file.tryLockSync(true)) {
+        throw new EfxError(`cannot write ${label}: another transfer is using its partial copy`);
+      }
       const size = (await file.stat()).size;
       const keep = Math.min(offset, size);
       await file.truncate(keep);
@@ -264,8 +268,8 @@ export class AtomicWriter {
     this.#state = "committing";
     try {
       await file.syncData();
-      file.close();
-      this.#file = null;
+      // The file stays open (and locked) until it has its final name, so a
+      // stale-temp sweep in another process can never take it for dead.
       const sha256 = this.#hash.digest("hex");
       const expected = opts.expectedSha256?.toLowerCase();
       if (expected !== undefined && expected !== sha256) {
@@ -282,6 +286,8 @@ export class AtomicWriter {
         await this.#placeNoClobber();
       }
       this.#state = "committed";
+      file.close();
+      this.#file = null;
       await syncDir(dirname(this.finalPath));
       return { sha256, bytes: this.#bytes };
     } catch (err) {
@@ -358,8 +364,11 @@ export class AtomicWriter {
 
 /**
  * Removes stale temp files (`<dir>/.efx-tmp-*`, regular files only, not
- * recursive) left by a crash. Best effort: files that cannot be removed are
- * skipped; a missing folder counts as empty.
+ * recursive) left by a crash or a SIGKILL. Every live writer holds an
+ * exclusive lock (flock) on its temp file until the file has its final name,
+ * so a temp whose lock can be taken belongs to nobody and is removed, while
+ * transfers under way in other processes are left alone. Best effort: files
+ * that cannot be removed are skipped; a missing folder counts as empty.
  *
  * @returns how many files were removed.
  */
@@ -368,8 +377,13 @@ export async function removeStaleTemps(dir: string): Promise<number> {
   try {
     for await (const entry of Deno.readDir(dir)) {
       if (!entry.isFile || !entry.name.startsWith(TEMP_PREFIX)) continue;
+      const path = join(dir, entry.name);
       try {
-        await Deno.remove(join(dir, entry.name));
+        // A live writer holds an exclusive lock on its temp file until it
+        // is renamed; only a temp nobody holds is a leftover of a crash.
+        using f = Deno.openSync(path, { read: true });
+        if (!f.tryLockSync(true)) continue;
+        Deno.removeSync(path);
         count++;
       } catch { /* skip */ }
     }

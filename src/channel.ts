@@ -44,7 +44,7 @@ import {
 } from "./record.ts";
 
 /** Size of the DATA records a stream is cut into. */
-export const DATA_CHUNK = 1024 * 1024;
+export const DATA_CHUNK = 256 * 1024;
 /** Records a stream may have in flight (sealing or being written) at once. */
 const SEND_DEPTH = 4;
 
@@ -124,13 +124,25 @@ export class SecureChannel {
     const max = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
     const sealer = await RecordSealer.create(hs.send, max);
     const opener = await RecordOpener.create(hs.recv, { maxRecords: max });
-    return new SecureChannel(
+    const out = {
+      idleMs: () => 0,
+      // A peer that stops reading must not hold us forever: a write that
+      // makes no progress within the idle timeout ends the connection.
+      write: (p: Uint8Array) => {
+        const ms = out.idleMs();
+        if (ms <= 0) return conn.write(p);
+        return withDeadline(conn.write(p), ms, () => safeClose(conn), "sending to the peer");
+      },
+    };
+    const channel = new SecureChannel(
       conn,
       new RecordReader(opener, input),
-      new RecordWriter(sealer, conn),
+      new RecordWriter(sealer, out),
       hs,
       peer,
     );
+    out.idleMs = () => channel.idleTimeoutMs;
+    return channel;
   }
 
   /** Runs the client handshake on `conn`; `verifyServerKey` decides trust before any secret is sent. */
@@ -179,7 +191,7 @@ export class SecureChannel {
   async #nextRecord(): Promise<PlainRecord | null> {
     const read = this.#reader.next();
     const rec = this.idleTimeoutMs > 0
-      ? await withDeadline(read, this.idleTimeoutMs, () => this.abort(), "waiting for the peer")
+      ? await withDeadline(read, this.idleTimeoutMs, () => this.#timedOut(), "waiting for the peer")
       : await read;
     if (rec === null) {
       throw new IntegrityError("connection closed unexpectedly (truncated: no close record)");
@@ -278,6 +290,16 @@ export class SecureChannel {
       if (rec.body.length > 0) yield rec.body;
       if (rec.flags & FLAG_END) return;
     }
+  }
+
+  /** The peer was silent too long: say so (best effort), then hang up. */
+  #timedOut(): void {
+    this.#broken = true;
+    const body = utf8.encode(JSON.stringify({
+      code: "timeout",
+      message: `timed out: no data for ${this.idleTimeoutMs / 1000} s; closing the connection`,
+    }));
+    this.#writer.send(RecordType.ALERT, 0, body).catch(() => {}).finally(() => this.abort());
   }
 
   /** Reports a fatal error to the peer (best effort) and closes the connection. */

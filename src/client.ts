@@ -15,7 +15,8 @@
  * @module
  */
 import type { Hash } from "node:crypto";
-import { AtomicWriter, FileExistsError } from "./atomic_file.ts";
+import { AtomicWriter, FileExistsError, removeStaleTemps } from "./atomic_file.ts";
+import { dirname } from "node:path";
 import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
 import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
@@ -34,6 +35,8 @@ export interface ConnectOptions {
   handshakeTimeoutMs?: number;
   /** Client identity key, proven to the server right after the handshake. */
   identity?: ClientIdentity;
+  /** Longest silence from the server before giving up (default 5 minutes; 0: none). */
+  idleTimeoutMs?: number;
 }
 
 /** Hooks for progress display. */
@@ -91,6 +94,7 @@ export class EfxClient {
         trust = await opts.verifier(label, spki);
       },
     });
+    channel.idleTimeoutMs = opts.idleTimeoutMs ?? 5 * 60_000;
     const client = new EfxClient(channel, trust);
     if (opts.identity) {
       try {
@@ -235,26 +239,33 @@ export class EfxClient {
         force: opts.force === true,
         resume: opts.resume === true,
       });
-      const offer = expectOk<{ ok: true; offset?: number; prefixSha256?: string }>(
+      const offer = expectOk<{ ok: true; offset?: number }>(
         await ch.recvMessage(),
       );
       let offset = 0;
       let hash: Hash | undefined;
       if (opts.resume) {
+        // The server tells only how much it has; we prove we have the same
+        // first bytes by their SHA-256, and it decides where to go on from.
         const offered = offer.offset ?? 0;
+        let h: Hash | undefined;
+        let answer: { offset: number; prefixSha256?: string } = { offset: 0 };
         if (offered > 0 && offered <= st.size) {
-          const h = await hashPrefix(file, offered);
-          if (h.copy().digest("hex") === offer.prefixSha256) {
-            offset = offered;
-            hash = h;
-          } else {
-            opts.onNotice?.(
-              `${remoteName}: the server's partial copy differs from ${localPath}; restarting from zero`,
-            );
-          }
+          h = await hashPrefix(file, offered);
+          answer = { offset: offered, prefixSha256: h.copy().digest("hex") };
         }
-        await ch.sendMessage({ offset });
-        expectOk(await ch.recvMessage());
+        await ch.sendMessage(answer);
+        const go = expectOk<{ ok: true; offset?: number }>(await ch.recvMessage());
+        offset = go.offset ?? 0;
+        if (offset !== 0 && offset !== answer.offset) {
+          throw new ProtocolError("server chose an impossible resume offset");
+        }
+        if (offset > 0) hash = h;
+        else if (offered > 0) {
+          opts.onNotice?.(
+            `${remoteName}: the server's partial copy differs from ${localPath}; restarting from zero`,
+          );
+        }
         await file.seek(offset, Deno.SeekMode.Start);
       }
       opts.onStart?.(st.size - offset);
@@ -304,6 +315,7 @@ export class EfxClient {
     let writer: AtomicWriter;
     let offset = 0;
     let meta;
+    await sweepOnce(dirname(localPath));
     if (!opts.resume) {
       writer = await AtomicWriter.create(localPath, { force });
       try {
@@ -432,6 +444,18 @@ export class EfxClient {
     await this.settle();
     await this.channel.close();
   }
+}
+
+const swept = new Set<string>();
+
+/**
+ * Removes temp files that an earlier, killed download left in `dir` (once
+ * per folder and process; live downloads are recognised by their lock).
+ */
+async function sweepOnce(dir: string): Promise<void> {
+  if (swept.has(dir)) return;
+  swept.add(dir);
+  await removeStaleTemps(dir).catch(() => 0);
 }
 
 /**

@@ -107,6 +107,12 @@ export class TimeoutError extends EfxError {
 export function describeError(err: unknown): string {
   if (err instanceof EfxError) return err.message;
   if (err instanceof Deno.errors.ConnectionRefused) return `connection refused (${err.message})`;
+  if (
+    err instanceof Deno.errors.BrokenPipe || err instanceof Deno.errors.ConnectionReset ||
+    err instanceof Deno.errors.ConnectionAborted || err instanceof Deno.errors.BadResource
+  ) {
+    return `connection lost: the other side closed it (${err.message.split("\n")[0]})`;
+  }
   if (err instanceof Deno.errors.NotFound) return `not found: ${err.message}`;
   if (err instanceof Deno.errors.PermissionDenied) return `permission denied: ${err.message}`;
   if (err instanceof Deno.errors.NotCapable) {

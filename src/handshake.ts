@@ -310,8 +310,11 @@ export async function clientHandshake(
       `server speaks protocol version ${hello.version}; this client speaks ${PROTOCOL_VERSION}`,
     );
   }
-  await opts.verifyServerKey(hello.spki);
+  // Check that the key is a usable RSA key of at least 2048 bits BEFORE the
+  // trust decision, so that trust-on-first-use never records a key that is
+  // then refused.
   const { encryptKey } = await importServerPublicKey(hello.spki);
+  await opts.verifyServerKey(hello.spki);
   // State 3: key transport and our key confirmation.
   const secret = randomBytes(SECRET_LEN);
   const ct = new Uint8Array(await crypto.subtle.encrypt({ name: "RSA-OAEP" }, encryptKey, secret));

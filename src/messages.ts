@@ -93,11 +93,19 @@ function hex64(v: unknown): string {
   return v;
 }
 
-/** Checks the client's answer to a resume offer: the offset to continue from. */
-export function parseResumeAnswer(msg: Record<string, unknown>, offered: number): number {
+/**
+ * Checks the client's answer to a resume offer: 0 (start over), or the
+ * offered length with the SHA-256 of the client's own first bytes of that
+ * length.
+ */
+export function parseResumeAnswer(
+  msg: Record<string, unknown>,
+  offered: number,
+): { offset: number; prefixSha256?: string } {
   const offset = uint(msg.offset, "offset");
-  if (offset !== 0 && offset !== offered) fail("offset must be 0 or the offered length");
-  return offset;
+  if (offset === 0) return { offset };
+  if (offset !== offered) fail("offset must be 0 or the offered length");
+  return { offset, prefixSha256: hex64(msg.prefixSha256) };
 }
 
 /** Checks a request received by the server; throws RemoteError("bad-request"). */

@@ -2,12 +2,17 @@
  * Resumable transfers: where partial files live and how a prefix is checked.
  *
  * Server: a resumable upload (`put` with `resume: true`) writes through
- * `<root>/.efx-tmp-partial/<sha256(name)>.part` (the `.efx-tmp-` prefix makes
- * the folder reserved and invisible to clients). When the connection is cut
- * the partial stays; a later resumable upload of the same name is offered
- * its length and the SHA-256 of that prefix, and goes on from there only if
- * the client's own file has the same prefix. Partials untouched for longer
- * than the TTL are removed.
+ * `<root>/.efx-tmp-partial/<sha256(identity NUL name)>.part` (the `.efx-tmp-`
+ * prefix makes the folder reserved and invisible to clients; the identity is
+ * the client key's fingerprint, or empty when anonymous). When the
+ * connection is cut the partial stays; a later resumable upload of the same
+ * name by the same identity is offered the partial's LENGTH only. The client
+ * answers with the SHA-256 of its own first bytes of that length; the server
+ * goes on from there if its partial has the same hash, and otherwise starts
+ * over from zero, overwriting the partial. So the server never reveals
+ * anything of a partial's content: a client without the data learns one
+ * "no", once, and the partial is gone. Partials untouched for longer than
+ * the TTL are removed.
  *
  * Client: a resumable download writes through `.<name>.efx-partial` beside
  * the target; the client sends its length and prefix SHA-256, and the server
@@ -59,51 +64,65 @@ export class PartialUploads {
     this.ttlMs = ttlMs;
   }
 
-  /** Path of the partial of `name`. */
-  async pathOf(name: string): Promise<string> {
-    const key = createHash("sha256").update(name).digest("hex");
-    await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
+  /**
+   * Path of the partial of `name` for client `who` (its key fingerprint, ""
+   * when anonymous): partials are private to the identity that made them.
+   */
+  pathOf(name: string, who: string): string {
+    const key = createHash("sha256").update(`${who}\0${name}`).digest("hex");
     return join(this.dir, `${key}.part`);
   }
 
   /**
    * Claims `name` for one resumable upload at a time and returns what can be
-   * offered: the partial's length (at most `size`) and its prefix SHA-256.
-   * Call {@linkcode release} when the upload ends, however it ends.
+   * offered: the partial's whole length (never a length the client picks).
+   * Only the length is revealed; the client must prove
+   * it has the same prefix (see {@linkcode checkPrefix}). Call
+   * {@linkcode release} when the upload ends, however it ends.
    */
-  async claim(
-    name: string,
-    size: number,
-  ): Promise<{ path: string; offset: number; sha256: string }> {
-    if (this.#busy.has(name)) {
+  async claim(name: string, who: string): Promise<{ path: string; offset: number }> {
+    const key = `${who}\0${name}`;
+    if (this.#busy.has(key)) {
       throw new RemoteError("busy", `another resumable upload of ${name} is in progress`);
     }
-    this.#busy.add(name);
+    this.#busy.add(key);
     try {
-      const path = await this.pathOf(name);
+      await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
+      const path = this.pathOf(name, who);
       let have = 0;
       try {
-        have = Math.min((await Deno.stat(path)).size, size);
+        have = (await Deno.stat(path)).size;
       } catch { /* no partial */ }
-      const sha256 = have > 0 ? await prefixSha256(path, have) : "";
-      return { path, offset: have, sha256 };
+      return { path, offset: have };
     } catch (err) {
-      this.#busy.delete(name);
+      this.#busy.delete(key);
       throw err;
     }
   }
 
+  /**
+   * Whether the partial at `path` starts with `length` bytes whose SHA-256 is
+   * `sha256`. The caller restarts from zero (overwriting the partial) when it
+   * does not, so a client that does not have the data learns one bit, once.
+   */
+  async checkPrefix(path: string, length: number, sha256: string): Promise<boolean> {
+    try {
+      return (await prefixSha256(path, length)) === sha256;
+    } catch {
+      return false;
+    }
+  }
+
   /** Ends a claim. */
-  release(name: string): void {
-    this.#busy.delete(name);
+  release(name: string, who: string): void {
+    this.#busy.delete(`${who}\0${name}`);
   }
 
   /** Removes the partial of `name` (after a completed upload of that name). */
-  drop(name: string): void {
-    if (this.#busy.has(name)) return;
-    const key = createHash("sha256").update(name).digest("hex");
+  drop(name: string, who: string): void {
+    if (this.#busy.has(`${who}\0${name}`)) return;
     try {
-      Deno.removeSync(join(this.dir, `${key}.part`));
+      Deno.removeSync(this.pathOf(name, who));
     } catch { /* none: the common case, one cheap failed unlink */ }
   }
 

@@ -214,8 +214,9 @@ export class EfxServer {
     let requests = 0;
     try {
       let msg = await ch.recvMessageOrClose();
-      const rights = await this.#authorize(ch, msg, peer);
-      if (rights === null) return;
+      const auth = await this.#authorize(ch, msg, peer);
+      if (auth === null) return;
+      const rights = auth.rights;
       if (msg?.op === "auth") msg = await ch.recvMessageOrClose();
       while (msg !== null) {
         requests++;
@@ -238,7 +239,7 @@ export class EfxServer {
           await ch.sendMessage(errorReply(err));
           req = null;
         }
-        if (req) await this.#serveRequest(ch, req, peer);
+        if (req) await this.#serveRequest(ch, req, peer, auth.who);
         msg = await ch.recvMessageOrClose();
       }
       await ch.close();
@@ -268,7 +269,7 @@ export class EfxServer {
     ch: SecureChannel,
     first: Record<string, unknown> | null,
     peer: string,
-  ): Promise<Rights | null> {
+  ): Promise<{ rights: Rights; who: string } | null> {
     const log = this.#log;
     const cap = (r: Rights): Rights | null =>
       this.#opts.readOnly ? (r === "write" ? null : "read") : r;
@@ -294,7 +295,8 @@ export class EfxServer {
           "this server admits only authorized clients; connect with --identity KEY (make one with 'efx keygen --client')",
         );
       }
-      return cap("rw");
+      const r = cap("rw");
+      return r ? { rights: r, who: "" } : null;
     }
     let fp: string;
     try {
@@ -312,11 +314,16 @@ export class EfxServer {
     }
     await ch.sendMessage({ ok: true, fingerprint: fp, rights });
     log.info(`${peer} authenticated as ${fp} (${rights})`);
-    return rights;
+    return { rights, who: fp };
   }
 
   /** Serves one request. Throws only when the connection must be dropped. */
-  async #serveRequest(ch: SecureChannel, req: Request, peer: string): Promise<void> {
+  async #serveRequest(
+    ch: SecureChannel,
+    req: Request,
+    peer: string,
+    who: string,
+  ): Promise<void> {
     const t0 = performance.now();
     const log = this.#log;
     const done = (what: string, bytes: number, result: string) => {
@@ -336,31 +343,35 @@ export class EfxServer {
       case "put": {
         const what = `put ${q(req.name)}`;
         const limits = { force: req.force, size: req.size, maxSize: this.#opts.maxSize };
-        let claim: { path: string; offset: number; sha256: string } | null = null;
+        let claim: { path: string; offset: number } | null = null;
         let writer;
         let offset = 0;
         try {
           await this.#storage.checkWrite(req.name, limits);
           if (req.resume) {
-            claim = await this.#partials.claim(req.name, req.size);
-            await ch.sendMessage({
-              ok: true,
-              offset: claim.offset,
-              prefixSha256: claim.offset > 0 ? claim.sha256 : undefined,
-            });
-            offset = parseResumeAnswer(await ch.recvMessage(), claim.offset);
+            claim = await this.#partials.claim(req.name, who);
+            await ch.sendMessage({ ok: true, offset: claim.offset });
+            const answer = parseResumeAnswer(await ch.recvMessage(), claim.offset);
+            // Go on only if the client proves it has the same prefix; else
+            // start over (which overwrites the partial).
+            if (
+              answer.offset > 0 &&
+              await this.#partials.checkPrefix(claim.path, answer.offset, answer.prefixSha256!)
+            ) {
+              offset = answer.offset;
+            }
           }
           writer = await this.#storage.beginWrite(req.name, {
             ...limits,
             partial: claim ? { path: claim.path, offset } : undefined,
           });
         } catch (err) {
-          if (claim) this.#partials.release(req.name);
+          if (claim) this.#partials.release(req.name, who);
           if (req.pipelined) await drainFile(ch); // the data is on its way regardless
           return await replyError(what, err);
         }
         try {
-          if (!req.pipelined) await ch.sendMessage({ ok: true });
+          if (!req.pipelined) await ch.sendMessage({ ok: true, offset });
           const res = await receiveFile(ch, writer, req.size - offset, (peerSha) =>
             writer.commit({
               mode: req.mode,
@@ -369,14 +380,14 @@ export class EfxServer {
               force: req.force,
             }));
           await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
-          if (!claim) this.#partials.drop(req.name); // an older partial is stale now
+          if (!claim) this.#partials.drop(req.name, who); // an older partial is stale now
           log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
           done(what, res.bytes - offset, offset ? `ok (resumed at byte ${offset})` : "ok");
         } catch (err) {
           await writer.abort(); // a resumable partial is kept for a later resume
           return await replyError(what, err);
         } finally {
-          if (claim) this.#partials.release(req.name);
+          if (claim) this.#partials.release(req.name, who);
         }
         return;
       }

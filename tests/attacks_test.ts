@@ -15,7 +15,7 @@
  *   download succeeds afterwards (and, for the slow-drip attack, during it).
  *
  * Every outcome is printed (`[attack] ...`) so a run documents what each
- * side said. Tests named "BUG: ..." are ignored: each shows a defect found
+ * side said. Tests named "BUG: ..." (now fixed, kept as regressions) each show a defect found
  * here (see its comment) and passes once the defect is fixed.
  *
  * Run: deno test --allow-net=127.0.0.1,localhost,0.0.0.0 --allow-read
@@ -322,7 +322,7 @@ const CLIENT_CUT =
   /^efx: (connection closed unexpectedly \(truncated: no close record\)|Broken pipe \(os error 32\)|Connection reset by peer \(os error 104\))$/;
 /** The server's line when the client side vanished during a download (it was reading or writing). */
 const SERVER_LOST_CLIENT = new RegExp(
-  `^connection dropped: (${CUT.source}|Broken pipe \\(os error 32\\)$|Connection reset by peer \\(os error 104\\)$)`,
+  `^connection dropped: (${CUT.source}|connection lost: the other side closed it \\((Broken pipe \\(os error 32\\)|Connection reset by peer \\(os error 104\\))\\)$)`,
 );
 
 // Handshake message offsets (header is 3 bytes): CLIENT_HELLO body = magic(4)
@@ -707,14 +707,13 @@ Deno.test("attack: upload cut at a byte offset of the whole stream", async () =>
 
 Deno.test({
   name: "BUG: a cut during an upload reaches the user as a raw OS error, not as a cut connection",
-  // BUG: when the connection is cut while the client is sending DATA, the
+  // Regression (fixed bug): when the connection is cut while the client is sending DATA, the
   // write fails with Deno.errors.BrokenPipe (or ConnectionReset), which is not
   // an EfxError: the CLI prints "efx: Broken pipe (os error 32)" with no word
   // about the connection to the server (describeError in src/errors.ts maps
   // ConnectionRefused but not BrokenPipe/ConnectionReset, and nothing in the
   // send path of src/channel.ts / src/record.ts wraps write errors). The
   // server side is right ("connection closed unexpectedly (truncated ...)").
-  ignore: true,
   fn: async () => {
     await attackUpload("upload cut when the first DATA record is due", {
       tamper: truncateAfterRecords("c2s", 1),
@@ -960,8 +959,8 @@ Deno.test("attack: a tampered resumable download keeps only authentic bytes; the
 
 Deno.test({
   name:
-    "BUG: the resume offer is a prefix-hash oracle: any client recovers another's interrupted upload",
-  // BUG: for `put` with resume, PartialUploads.claim(name, req.size) (src/resume.ts,
+    "attack: the resume offer is no prefix-hash oracle: another client recovers nothing of an interrupted upload",
+  // Regression (fixed bug): for `put` with resume, PartialUploads.claim(name, req.size) (src/resume.ts,
   // called from src/server.ts) offers min(partial length, size) and the
   // SHA-256 of that many first bytes, with `size` chosen by the requester.
   // Asking with size = 1, 2, 3, ... gives the hash of every prefix, so each
@@ -973,7 +972,8 @@ Deno.test({
   // is otherwise invisible: here another client's interrupted upload of a
   // secret, recovered in full. A partial should only be offered to the client
   // that made it, and never with a prefix length the requester picks.
-  ignore: true,
+  // Now: the offer carries the partial's full length only, never a hash; the
+  // CLIENT proves its prefix, and a wrong proof restarts (overwrites) it.
   fn: async () => {
     const remote = unique("secret") + ".txt";
     const secret = enc.encode(`db_password=${crypto.randomUUID()}\n`);
@@ -1008,6 +1008,7 @@ Deno.test({
         const offer = await attacker.channel.recvMessage<
           { ok: boolean; offset?: number; prefixSha256?: string }
         >();
+        assert.equal(offer.prefixSha256, undefined, "the offer must not reveal a prefix hash");
         if (!offer.ok || offer.offset !== k) break; // the end of the partial
         const byte = Array.from({ length: 256 }, (_, b) => b).find((b) =>
           createHash("sha256").update(new Uint8Array([...recovered, b])).digest("hex") ===
@@ -1020,7 +1021,7 @@ Deno.test({
       }
     } finally {
       await attacker.close();
-      const part = createHash("sha256").update(remote).digest("hex") + ".part";
+      const part = createHash("sha256").update(`\0${remote}`).digest("hex") + ".part";
       await Deno.remove(join(S.root, STAGING, part)).catch(() => {});
       await Deno.remove(local);
     }
@@ -1232,7 +1233,7 @@ Deno.test("attack: a client dripping 1 byte / 50 ms is dropped at the handshake 
 Deno.test({
   name:
     "BUG: a peer that stops reading a download holds the server's connection forever (--idle-timeout covers receives only)",
-  // BUG: the server's idle timeout (src/server.ts sets ch.idleTimeoutMs,
+  // Regression (fixed bug): the server's idle timeout (src/server.ts sets ch.idleTimeoutMs,
   // applied in SecureChannel.#nextRecord) only bounds waiting for the NEXT
   // RECORD; while the server is sending a file, a peer (or a MITM) that stops
   // reading blocks its writes (RecordWriter -> writeAll -> conn.write) with no
@@ -1241,7 +1242,6 @@ Deno.test({
   // (--max-connections) lock everyone out with "server busy". The CLI client
   // has no idle timeout either: a MITM that stalls the server's records hangs
   // `efx download` forever.
-  ignore: true,
   fn: async () => {
     const I = await startServer({ args: ["--idle-timeout", "1"] });
     try {

@@ -318,7 +318,7 @@ Deno.test("client SIGKILLed mid-download: existing local file untouched, server 
 });
 
 Deno.test({
-  // BUG: a download killed with SIGKILL (or by a crash, the OOM killer, a
+  // Regression (fixed bug): a download killed with SIGKILL (or by a crash, the OOM killer, a
   // power loss) leaves its partial data forever as a hidden `.efx-tmp-<hex>`
   // file in the destination folder. SIGINT/SIGTERM are handled (the client
   // discards its temp file, src/commands/client.ts), but SIGKILL cannot be,
@@ -329,7 +329,6 @@ Deno.test({
   // downloads into whose lock it can take (their writer is dead).
   // Repro: efx download big.bin; kill -9 the client mid-way; run another
   // efx download into the same folder; ls -a still shows .efx-tmp-...
-  ignore: true,
   name: "a SIGKILLed download's temp file is removed by the next download into that folder",
   fn: async () => {
     await withServer([], async (server) => {
@@ -766,7 +765,7 @@ Deno.test("idle timeout drops a silent client after the handshake; handshake tim
 });
 
 Deno.test({
-  // BUG: a client dropped by the server's idle timeout is not told why. The
+  // Regression (fixed bug): a client dropped by the server's idle timeout is not told why. The
   // server means to send an ALERT (src/server.ts #handle: sendAlert(alertCode
   // (err), why) with code "timeout"), but the idle deadline in
   // SecureChannel.#nextRecord has already aborted (closed) the connection
@@ -775,7 +774,6 @@ Deno.test({
   // (truncated: no close record)" — the same words as an attacker cutting
   // the connection — e.g. in `efx shell` left idle for 5 minutes. Fix: on
   // the idle timeout, send the ALERT first, then close.
-  ignore: true,
   name: "a client dropped for idleness is told so (ALERT 'timeout'), not 'truncated'",
   fn: async () => {
     await withServer(["--idle-timeout", "1"], async (server) => {
