@@ -367,13 +367,16 @@ export class AtomicWriter {
  * recursive) left by a crash or a SIGKILL. Every live writer holds an
  * exclusive lock (flock) on its temp file until the file has its final name,
  * so a temp whose lock can be taken belongs to nobody and is removed, while
- * transfers under way in other processes are left alone. Best effort: files
- * that cannot be removed are skipped; a missing folder counts as empty.
+ * transfers under way in other processes are left alone. With `minAgeMs`,
+ * temps modified more recently are left alone too (a writer creates its
+ * temp, then locks it). Best effort: files that cannot be removed are
+ * skipped; a missing folder counts as empty.
  *
  * @returns how many files were removed.
  */
-export async function removeStaleTemps(dir: string): Promise<number> {
+export async function removeStaleTemps(dir: string, minAgeMs = 0): Promise<number> {
   let count = 0;
+  const now = Date.now();
   try {
     for await (const entry of Deno.readDir(dir)) {
       if (!entry.isFile || !entry.name.startsWith(TEMP_PREFIX)) continue;
@@ -382,6 +385,9 @@ export async function removeStaleTemps(dir: string): Promise<number> {
         // A live writer holds an exclusive lock on its temp file until it
         // is renamed; only a temp nobody holds is a leftover of a crash.
         using f = Deno.openSync(path, { read: true });
+        // A writer creates its temp and then locks it: a young temp may be
+        // in that gap, so callers that can race live writers pass minAgeMs.
+        if (minAgeMs > 0 && now - (f.statSync().mtime?.getTime() ?? now) < minAgeMs) continue;
         if (!f.tryLockSync(true)) continue;
         Deno.removeSync(path);
         count++;

@@ -455,7 +455,7 @@ const swept = new Set<string>();
 async function sweepOnce(dir: string): Promise<void> {
   if (swept.has(dir)) return;
   swept.add(dir);
-  await removeStaleTemps(dir).catch(() => 0);
+  await removeStaleTemps(dir, 60_000).catch(() => 0);
 }
 
 /**
