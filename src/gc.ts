@@ -18,7 +18,7 @@ import * as v8 from "node:v8";
 import * as vm from "node:vm";
 
 /** Bytes of short-lived keystream buffers between two collections. */
-export const GC_INTERVAL_BYTES = 16 * 1024 * 1024;
+export const GC_INTERVAL_BYTES = 32 * 1024 * 1024;
 
 type GcFn = () => void;
 let collect: GcFn | null | undefined;
