@@ -58,6 +58,12 @@ export interface CommitOptions {
   expectedSha256?: string;
   /** Replace an existing final file. Default: the value given to {@linkcode AtomicWriter.create}. */
   force?: boolean;
+  /**
+   * Sync the folder after the rename, so that the new name is durable too
+   * (default true). A caller committing many files in a row may pass false
+   * and call {@linkcode syncDir} once per folder at the end.
+   */
+  syncDir?: boolean;
 }
 
 /** Options of {@linkcode AtomicWriter.create}. */
@@ -288,7 +294,7 @@ export class AtomicWriter {
       this.#state = "committed";
       file.close();
       this.#file = null;
-      await syncDir(dirname(this.finalPath));
+      if (opts.syncDir !== false) await syncDir(dirname(this.finalPath));
       return { sha256, bytes: this.#bytes };
     } catch (err) {
       this.#state = "open"; // let abort() clean up
@@ -416,7 +422,8 @@ function lstatOrNull(path: string): Deno.FileInfo | null {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
+/** Syncs a folder's entries to disk (best effort: not supported everywhere). */
+export async function syncDir(dir: string): Promise<void> {
   try {
     using d = await Deno.open(dir, { read: true });
     await d.sync();

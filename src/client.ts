@@ -23,7 +23,7 @@ import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } f
 import { hashPrefix, localPartialPath, prefixSha256 as prefixSha256Of } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
 import type { FileInfo } from "./storage.ts";
-import { receiveFile, sendFile, type TransferResult } from "./transfer.ts";
+import { receiveFile, sendBytes, sendFile, type TransferResult } from "./transfer.ts";
 import type { ServerVerifier } from "./trust.ts";
 
 /** How to reach and trust a server. */
@@ -139,55 +139,50 @@ export class EfxClient {
       p.catch(() => {});
       return { done: p };
     };
-    let file: Deno.FsFile;
+    // Small files are read whole with synchronous calls (a few microseconds
+    // each, against ~40 us per asynchronous call): this loop is the client's
+    // per-file cost when many files go out back to back.
     let st: Deno.FileInfo;
     try {
-      await checkRegularFile(localPath);
-      file = await Deno.open(localPath, { read: true });
+      st = Deno.statSync(localPath);
+      if (st.isDirectory) throw new EfxError(`cannot upload ${localPath}: it is a folder (use -r)`);
+      if (!st.isFile) throw new EfxError(`cannot upload ${localPath}: not a regular file`);
     } catch (err) {
       const e = err instanceof EfxError
         ? err
         : new EfxError(`cannot read ${localPath}: ${localReason(err)}`);
       return settled(Promise.reject(e));
     }
-    try {
-      st = await file.stat();
-    } catch (err) {
-      file.close();
-      return settled(Promise.reject(err));
-    }
-    if (!st.isFile || st.size > PIPELINE_MAX || opts.resume) {
-      file.close();
+    if (st.size > PIPELINE_MAX || opts.resume) {
       await this.settle();
       return settled(this.upload(localPath, remoteName, opts));
     }
+    let data: Uint8Array;
+    try {
+      data = Deno.readFileSync(localPath); // what is sent is exactly what was read
+    } catch (err) {
+      return settled(Promise.reject(new EfxError(`cannot read ${localPath}: ${localReason(err)}`)));
+    }
     const ch = this.channel;
     let sent = { bytes: 0, sha256: "" };
-    let sendError: unknown = undefined;
     try {
       await ch.sendMessage({
         op: "put",
         name: remoteName,
-        size: st.size,
+        size: data.length,
         mode: (st.mode ?? 0o644) & 0o777,
         mtime: st.mtime?.getTime() ?? Date.now(),
         force: opts.force === true,
         pipelined: true,
       });
-      sent = await sendFile(ch, file, { length: st.size });
+      sent = await sendBytes(ch, data);
     } catch (err) {
-      // The file changed while read: its trailer said so, and the server's
-      // reply (an error) must still be read in turn.
-      if (!(err instanceof RemoteError) || ch.broken) throw await this.#explain(err);
-      sendError = err;
-    } finally {
-      file.close();
+      throw await this.#explain(err);
     }
+    const size = data.length;
     const done = this.#owed.then(async () => {
-      const reply = await ch.recvMessage();
-      if (sendError !== undefined) throw sendError;
-      const r = parseTrailer(reply);
-      if (r.sha256 !== sent.sha256 || r.bytes !== st.size) {
+      const r = parseTrailer(await ch.recvMessage());
+      if (r.sha256 !== sent.sha256 || r.bytes !== size) {
         throw new IntegrityError(
           `server stored a different file: sent sha256 ${sent.sha256}, server has ${r.sha256}`,
         );

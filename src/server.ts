@@ -32,9 +32,11 @@ import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger, q } from "./log.ts";
 import { errorReply, LS_BATCH, parseRequest, parseResumeAnswer, type Request } from "./messages.ts";
 import { hashPrefix, PartialUploads } from "./resume.ts";
+import { syncDir } from "./atomic_file.ts";
+import { dirname } from "node:path";
 import type { Hash } from "node:crypto";
 import { Storage } from "./storage.ts";
-import { receiveFile, sendFile } from "./transfer.ts";
+import { receiveFile, receiveStream, sendFile } from "./transfer.ts";
 import { formatBytes, formatDuration, formatRate } from "./progress.ts";
 
 /** Settings of a server. */
@@ -212,6 +214,14 @@ export class EfxServer {
     ch.idleTimeoutMs = this.#opts.idleTimeoutMs ?? 5 * 60_000;
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
+    const dirty = new Set<string>(); // folders with unsynced new names
+    // Replies owed to pipelined uploads, sent strictly in request order; each
+    // one's commit (fsync, rename) runs while the next file is received.
+    let owed: Promise<void> = Promise.resolve();
+    const later = (step: () => Promise<void>) => {
+      owed = owed.then(step);
+      owed.catch(() => {}); // rethrown by the next `await owed`
+    };
     try {
       let msg = await ch.recvMessageOrClose();
       const auth = await this.#authorize(ch, msg, peer);
@@ -232,16 +242,27 @@ export class EfxServer {
             );
           }
         } catch (err) {
-          // A pipelined upload's data follows its request regardless: read and drop it.
           if (msg.op === "put" && msg.pipelined === true && msg.resume !== true) {
+            // A pipelined upload's data follows its request regardless: read and drop it.
             await drainFile(ch);
+            later(() => ch.sendMessage(errorReply(err)));
+          } else {
+            await owed;
+            await ch.sendMessage(errorReply(err));
           }
-          await ch.sendMessage(errorReply(err));
           req = null;
         }
-        if (req) await this.#serveRequest(ch, req, peer, auth.who);
+        if (req?.op === "put" && req.pipelined) {
+          later(await this.#pipelinedPut(ch, req, peer, auth.who, dirty));
+        } else if (req) {
+          await owed;
+          await syncDirs(dirty);
+          await this.#serveRequest(ch, req, peer, auth.who);
+        }
         msg = await ch.recvMessageOrClose();
       }
+      await owed;
+      await syncDirs(dirty);
       await ch.close();
       log.info(`${peer} disconnected after ${requests} request(s)`);
     } catch (err) {
@@ -254,8 +275,73 @@ export class EfxServer {
         await ch.sendAlert(alertCode(err), why);
       }
     } finally {
+      await syncDirs(dirty);
       this.#active.delete(ch);
     }
+  }
+
+  /**
+   * A pipelined upload (small files sent back to back): checks, receives
+   * and verifies it now, and returns the step that commits it and replies,
+   * to be run after the replies owed before it. Throws only when the
+   * connection must be dropped.
+   */
+  async #pipelinedPut(
+    ch: SecureChannel,
+    req: Extract<Request, { op: "put" }>,
+    peer: string,
+    who: string,
+    dirty: Set<string>,
+  ): Promise<() => Promise<void>> {
+    const t0 = performance.now();
+    const what = `put ${q(req.name)}`;
+    const refuse = (err: unknown) => async () => {
+      if (ch.broken) throw err;
+      await ch.sendMessage(errorReply(err));
+      this.#log.info(`${peer} ${what}: failed: ${describeError(err)}`);
+    };
+    let writer;
+    try {
+      writer = await this.#storage.beginWrite(req.name, {
+        force: req.force,
+        size: req.size,
+        maxSize: this.#opts.maxSize,
+      });
+    } catch (err) {
+      await drainFile(ch);
+      return refuse(err);
+    }
+    let peerSha256: string;
+    try {
+      ({ peerSha256 } = await receiveStream(ch, writer, req.size));
+    } catch (err) {
+      if (ch.broken) throw err;
+      return refuse(err);
+    }
+    return async () => {
+      let res;
+      try {
+        res = await writer.commit({
+          mode: req.mode,
+          mtime: new Date(req.mtime),
+          expectedSha256: peerSha256,
+          force: req.force,
+          syncDir: false, // once per folder at the end of the run
+        });
+      } catch (err) {
+        await writer.abort();
+        return await refuse(err)();
+      }
+      dirty.add(dirname(writer.finalPath));
+      this.#partials.drop(req.name, who); // an older partial is stale now
+      await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
+      const ms = performance.now() - t0;
+      this.#log.info(
+        `${peer} ${what} ${formatBytes(res.bytes)} in ${formatDuration(ms)} (${
+          formatRate(res.bytes / (ms / 1000))
+        }): ok`,
+      );
+    };
   }
 
   /**
@@ -367,11 +453,10 @@ export class EfxServer {
           });
         } catch (err) {
           if (claim) this.#partials.release(req.name, who);
-          if (req.pipelined) await drainFile(ch); // the data is on its way regardless
           return await replyError(what, err);
         }
         try {
-          if (!req.pipelined) await ch.sendMessage({ ok: true, offset });
+          await ch.sendMessage({ ok: true, offset });
           const res = await receiveFile(ch, writer, req.size - offset, (peerSha) =>
             writer.commit({
               mode: req.mode,
@@ -488,6 +573,12 @@ export class EfxServer {
       }
     }
   }
+}
+
+/** Syncs (and forgets) the folders of a run of small uploads. */
+async function syncDirs(dirty: Set<string>): Promise<void> {
+  for (const d of dirty) await syncDir(d);
+  dirty.clear();
 }
 
 /** Reads and drops one incoming file stream and its trailer. */

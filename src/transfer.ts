@@ -80,6 +80,19 @@ export async function sendFile(
   return { bytes, sha256 };
 }
 
+/** Sends bytes held in memory as one file stream, then its trailer. */
+export async function sendBytes(
+  ch: SecureChannel,
+  data: Uint8Array,
+): Promise<{ bytes: number; sha256: string }> {
+  const sha256 = createHash("sha256").update(data).digest("hex");
+  await ch.sendStream((async function* () {
+    yield data;
+  })());
+  await ch.sendMessage({ ok: true, sha256, bytes: data.length } satisfies Trailer);
+  return { bytes: data.length, sha256 };
+}
+
 /**
  * Receives one file stream into `writer` and checks it against the trailer;
  * commits with `commit` (which gets the sender's hash) only when all is well.
@@ -94,6 +107,28 @@ export async function receiveFile(
   commit: (peerSha256: string) => Promise<{ sha256: string; bytes: number }>,
   onBytes: (n: number) => void = () => {},
 ): Promise<TransferResult> {
+  const { peerSha256 } = await receiveStream(ch, writer, size, onBytes);
+  try {
+    const done = await commit(peerSha256);
+    return { bytes: done.bytes, sha256: done.sha256, peerSha256 };
+  } catch (err) {
+    await writer.abort();
+    throw err;
+  }
+}
+
+/**
+ * The first half of {@linkcode receiveFile}: writes the stream into `writer`
+ * and reads and checks the trailer, but does not commit. Returns the
+ * sender's whole-file SHA-256, for the caller's commit. On any failure the
+ * writer is aborted; the channel stays in step when it can.
+ */
+export async function receiveStream(
+  ch: SecureChannel,
+  writer: AtomicWriter,
+  size: number,
+  onBytes: (n: number) => void = () => {},
+): Promise<{ peerSha256: string }> {
   let localError: unknown = undefined;
   let received = 0;
   let pending: Promise<void> = Promise.resolve();
@@ -133,8 +168,7 @@ export async function receiveFile(
         `size mismatch: ${size} bytes announced, ${received} received, ${trailer.bytes} reported`,
       );
     }
-    const done = await commit(trailer.sha256);
-    return { bytes: done.bytes, sha256: done.sha256, peerSha256: trailer.sha256 };
+    return { peerSha256: trailer.sha256 };
   } catch (err) {
     await writer.abort();
     throw err;
