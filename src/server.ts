@@ -63,6 +63,19 @@ export interface ServerOptions {
   onKeyCreated?: (fingerprint: string, path: string) => void;
 }
 
+/** Commits of pipelined uploads that may run at once on one connection. */
+const MAX_PARALLEL_COMMITS = 16;
+
+/** Per-connection state of a run of pipelined uploads. */
+interface PipelineRun {
+  /** Folders that got new names without a folder sync yet. */
+  dirty: Set<string>;
+  /** The latest commit per final path (same-name commits run in order). */
+  byPath: Map<string, Promise<unknown>>;
+  /** Commits started and not yet awaited (bounded). */
+  inflight: Promise<unknown>[];
+}
+
 /** Default time an interrupted resumable upload is kept. */
 export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 
@@ -215,6 +228,7 @@ export class EfxServer {
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
     const dirty = new Set<string>(); // folders with unsynced new names
+    const run: PipelineRun = { dirty, byPath: new Map(), inflight: [] };
     // Replies owed to pipelined uploads, sent strictly in request order; each
     // one's commit (fsync, rename) runs while the next file is received.
     let owed: Promise<void> = Promise.resolve();
@@ -253,7 +267,7 @@ export class EfxServer {
           req = null;
         }
         if (req?.op === "put" && req.pipelined) {
-          later(await this.#pipelinedPut(ch, req, peer, auth.who, dirty));
+          later(await this.#pipelinedPut(ch, req, peer, auth.who, run));
         } else if (req) {
           await owed;
           await syncDirs(dirty);
@@ -275,6 +289,9 @@ export class EfxServer {
         await ch.sendAlert(alertCode(err), why);
       }
     } finally {
+      // Commits already under way finish (their data was complete and
+      // verified) before the folders are synced and the handler ends.
+      await Promise.allSettled(run.inflight);
       await syncDirs(dirty);
       this.#active.delete(ch);
     }
@@ -291,7 +308,7 @@ export class EfxServer {
     req: Extract<Request, { op: "put" }>,
     peer: string,
     who: string,
-    dirty: Set<string>,
+    run: PipelineRun,
   ): Promise<() => Promise<void>> {
     const t0 = performance.now();
     const what = `put ${q(req.name)}`;
@@ -318,21 +335,35 @@ export class EfxServer {
       if (ch.broken) throw err;
       return refuse(err);
     }
+    // Commit now, while the next files are received; several commits (and
+    // their fsyncs) may run at once, but two of the same name run in order.
+    while (run.inflight.length >= MAX_PARALLEL_COMMITS) {
+      await run.inflight.shift()!.catch(() => {});
+    }
+    const path = writer.finalPath;
+    const before = run.byPath.get(path) ?? Promise.resolve();
+    const committed = before.catch(() => {}).then(() =>
+      writer.commit({
+        mode: req.mode,
+        mtime: new Date(req.mtime),
+        expectedSha256: peerSha256,
+        force: req.force,
+        syncDir: false, // once per folder at the end of the run
+      })
+    );
+    committed.catch(() => {}); // awaited in the reply step below
+    run.byPath.set(path, committed);
+    run.inflight.push(committed);
     return async () => {
       let res;
       try {
-        res = await writer.commit({
-          mode: req.mode,
-          mtime: new Date(req.mtime),
-          expectedSha256: peerSha256,
-          force: req.force,
-          syncDir: false, // once per folder at the end of the run
-        });
+        res = await committed;
       } catch (err) {
-        await writer.abort();
         return await refuse(err)();
+      } finally {
+        if (run.byPath.get(path) === committed) run.byPath.delete(path);
       }
-      dirty.add(dirname(writer.finalPath));
+      run.dirty.add(dirname(path));
       this.#partials.drop(req.name, who); // an older partial is stale now
       await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
       const ms = performance.now() - t0;
