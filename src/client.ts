@@ -181,19 +181,8 @@ export class EfxClient {
     }
     const size = data.length;
     const done = this.#owed.then(async () => {
-      const r = parseTrailer(await ch.recvMessage());
-      if (r.sha256 !== sent.sha256 || r.bytes !== size) {
-        throw new IntegrityError(
-          `server stored a different file: sent sha256 ${sent.sha256}, server has ${r.sha256}`,
-        );
-      }
-      return {
-        bytes: sent.bytes,
-        sha256: sent.sha256,
-        peerSha256: r.sha256,
-        ms: performance.now() - t0,
-        resumedFrom: 0,
-      };
+      const peerSha256 = checkStored(await ch.recvMessage(), sent, size);
+      return { ...sent, peerSha256, ms: performance.now() - t0, resumedFrom: 0 };
     });
     this.#owed = done.then(() => {}, () => {});
     return settled(done);
@@ -273,19 +262,8 @@ export class EfxClient {
         if (err instanceof RemoteError && !ch.broken) await ch.recvMessage().catch(() => {});
         throw await this.#explain(err);
       }
-      const reply = parseTrailer(await ch.recvMessage());
-      if (reply.sha256 !== sent.sha256 || reply.bytes !== st.size) {
-        throw new IntegrityError(
-          `server stored a different file: sent sha256 ${sent.sha256}, server has ${reply.sha256}`,
-        );
-      }
-      return {
-        bytes: sent.bytes,
-        sha256: sent.sha256,
-        peerSha256: reply.sha256,
-        ms: performance.now() - t0,
-        resumedFrom: offset,
-      };
+      const peerSha256 = checkStored(await ch.recvMessage(), sent, st.size);
+      return { ...sent, peerSha256, ms: performance.now() - t0, resumedFrom: offset };
     } finally {
       file.close();
     }
@@ -439,6 +417,24 @@ export class EfxClient {
     await this.settle();
     await this.channel.close();
   }
+}
+
+/**
+ * Checks the server's result for an upload against what we sent: the same
+ * whole-file SHA-256 and size. Returns the server's hash.
+ */
+function checkStored(
+  reply: Record<string, unknown>,
+  sent: { sha256: string },
+  size: number,
+): string {
+  const r = parseTrailer(reply);
+  if (r.sha256 !== sent.sha256 || r.bytes !== size) {
+    throw new IntegrityError(
+      `server stored a different file: sent sha256 ${sent.sha256}, server has ${r.sha256}`,
+    );
+  }
+  return r.sha256;
 }
 
 const swept = new Set<string>();

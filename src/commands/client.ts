@@ -8,7 +8,7 @@
 import { basename, join } from "node:path";
 import { intFlag, parseFlags, parseHostPort } from "../cli/flags.ts";
 import { type ClientIdentity, loadClientIdentity } from "../auth.ts";
-import { EfxClient } from "../client.ts";
+import { type ClientTransferResult, EfxClient } from "../client.ts";
 import { describeError, EfxError, exitCodeOf, UsageError } from "../errors.ts";
 import { loadPublicKeyFile } from "../keys.ts";
 import {
@@ -170,19 +170,7 @@ export async function putOne(
   try {
     const r = await client.upload(local, remote, { ...mo, ...prog, onNotice: notice(ui) });
     prog.done();
-    if (!ui.quiet) {
-      ui.out(
-        summaryLine({
-          name: remote,
-          bytes: r.bytes,
-          ms: r.ms,
-          sha256: r.sha256,
-          verb: "uploaded",
-        }) +
-          resumed(r.resumedFrom),
-      );
-    }
-    if (ui.verbose) ui.err(`efx: sha256 sent ${r.sha256}, server computed ${r.peerSha256}`);
+    reportUpload(remote, r, ui);
     return r.bytes + r.resumedFrom;
   } finally {
     prog.done();
@@ -218,6 +206,17 @@ export async function getOne(
   } finally {
     prog.done();
   }
+}
+
+/** The summary line of one upload (and both hashes with --verbose). */
+function reportUpload(remote: string, r: ClientTransferResult, ui: Ui): void {
+  if (!ui.quiet) {
+    ui.out(
+      summaryLine({ name: remote, bytes: r.bytes, ms: r.ms, sha256: r.sha256, verb: "uploaded" }) +
+        resumed(r.resumedFrom),
+    );
+  }
+  if (ui.verbose) ui.err(`efx: sha256 sent ${r.sha256}, server computed ${r.peerSha256}`);
 }
 
 function notice(ui: Ui) {
@@ -400,19 +399,7 @@ export async function uploadCommand(args: string[]): Promise<number> {
         });
         inflight.push(done.then((r) => {
           prog.done();
-          if (!ui.quiet) {
-            ui.out(
-              summaryLine({
-                name: remote,
-                bytes: r.bytes,
-                ms: r.ms,
-                sha256: r.sha256,
-                verb: "uploaded",
-              }) +
-                resumed(r.resumedFrom),
-            );
-          }
-          if (ui.verbose) ui.err(`efx: sha256 sent ${r.sha256}, server computed ${r.peerSha256}`);
+          reportUpload(remote, r, ui);
         }, (err) => {
           prog.done();
           fail(err);
