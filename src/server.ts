@@ -227,8 +227,7 @@ export class EfxServer {
     ch.idleTimeoutMs = this.#opts.idleTimeoutMs ?? 5 * 60_000;
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
-    const dirty = new Set<string>(); // folders with unsynced new names
-    const run: PipelineRun = { dirty, byPath: new Map(), inflight: [] };
+    const run: PipelineRun = { dirty: new Set(), byPath: new Map(), inflight: [] };
     // Replies owed to pipelined uploads, sent strictly in request order; each
     // one's commit (fsync, rename) runs while the next file is received.
     let owed: Promise<void> = Promise.resolve();
@@ -270,13 +269,13 @@ export class EfxServer {
           later(await this.#pipelinedPut(ch, req, peer, auth.who, run));
         } else if (req) {
           await owed;
-          await syncDirs(dirty);
+          await syncDirs(run.dirty);
           await this.#serveRequest(ch, req, peer, auth.who);
         }
         msg = await ch.recvMessageOrClose();
       }
       await owed;
-      await syncDirs(dirty);
+      await syncDirs(run.dirty);
       await ch.close();
       log.info(`${peer} disconnected after ${requests} request(s)`);
     } catch (err) {
@@ -292,7 +291,7 @@ export class EfxServer {
       // Commits already under way finish (their data was complete and
       // verified) before the folders are synced and the handler ends.
       await Promise.allSettled(run.inflight);
-      await syncDirs(dirty);
+      await syncDirs(run.dirty);
       this.#active.delete(ch);
     }
   }
