@@ -29,10 +29,10 @@ export const SHELL_HELP = `commands:
   get REMOTE [LOCAL] [-f] [-r]  download a file (-f replaces an existing local file; -r a folder)
   reput LOCAL [REMOTE] [-f]     upload, continuing an interrupted upload
   reget REMOTE [LOCAL] [-f]     download, continuing an interrupted download
-  ls [PATTERN] [-r]         list files (-r: with subfolders)
-  rm NAME                   remove a file on the server
-  help                      this text
-  quit                      leave (also: exit, Ctrl-D)
+  ls [PATTERN] [-r]             list files (-r: with subfolders)
+  rm NAME                       remove a file on the server
+  help                          this text
+  quit                          leave (also: exit, Ctrl-D)
 Names with spaces go in quotes: put "my file.txt"`;
 
 /** Splits a command line into words; double or single quotes group, backslash escapes in double quotes. */
