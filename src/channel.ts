@@ -335,6 +335,7 @@ export class SecureChannel {
 
   /** Closes the connection at once. */
   abort(): void {
+    this.#broken = true;
     if (this.#closed) return;
     this.#closed = true;
     safeClose(this.#conn);

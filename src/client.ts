@@ -312,7 +312,10 @@ export class EfxClient {
       await ch.sendMessage({ op: "get", name: remoteName, offset: have, prefixSha256 });
       meta = parseGetReply(await ch.recvMessage());
       offset = typeof meta.offset === "number" ? meta.offset : 0;
-      if (offset !== 0 && offset !== have) throw new ProtocolError("bad resume offset from server");
+      if (offset !== 0 && offset !== have) {
+        ch.abort(); // its data is on the way: this connection cannot go on
+        throw new ProtocolError("bad resume offset from server");
+      }
       if (have > 0 && offset === 0) {
         opts.onNotice?.(
           `${localPath}: the server's file no longer starts like our partial copy; restarting from zero`,
