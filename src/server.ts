@@ -136,8 +136,11 @@ export class EfxServer {
     try {
       listener = Deno.listen({ hostname: opts.host ?? "0.0.0.0", port: opts.port });
     } catch (err) {
+      const hint = err instanceof Deno.errors.NotCapable
+        ? " ('deno task serve' may only use port 9000: see README, Least privilege)"
+        : "";
       throw new EfxError(
-        `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}`,
+        `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}${hint}`,
       );
     }
     return new EfxServer(listener, key, storage, { ...opts, log });
