@@ -166,15 +166,7 @@ export class EfxClient {
     const ch = this.channel;
     let sent = { bytes: 0, sha256: "" };
     try {
-      await ch.sendMessage({
-        op: "put",
-        name: remoteName,
-        size: data.length,
-        mode: (st.mode ?? 0o644) & 0o777,
-        mtime: st.mtime?.getTime() ?? Date.now(),
-        force: opts.force === true,
-        pipelined: true,
-      });
+      await ch.sendMessage(putRequest(remoteName, data.length, st, opts, { pipelined: true }));
       sent = await sendBytes(ch, data);
     } catch (err) {
       throw await this.#explain(err);
@@ -214,15 +206,9 @@ export class EfxClient {
       const st = await file.stat();
       if (!st.isFile) throw new EfxError(`cannot upload ${localPath}: not a regular file`);
       const ch = this.channel;
-      await ch.sendMessage({
-        op: "put",
-        name: remoteName,
-        size: st.size,
-        mode: (st.mode ?? 0o644) & 0o777,
-        mtime: st.mtime?.getTime() ?? Date.now(),
-        force: opts.force === true,
-        resume: opts.resume === true,
-      });
+      await ch.sendMessage(
+        putRequest(remoteName, st.size, st, opts, { resume: opts.resume === true }),
+      );
       const offer = expectOk<{ ok: true; offset?: number }>(
         await ch.recvMessage(),
       );
@@ -420,6 +406,25 @@ export class EfxClient {
     await this.settle();
     await this.channel.close();
   }
+}
+
+/** A `put` request for a local file: its size, permission bits and mtime. */
+function putRequest(
+  name: string,
+  size: number,
+  st: Deno.FileInfo,
+  opts: { force?: boolean },
+  mode: { pipelined: true } | { resume: boolean },
+) {
+  return {
+    op: "put",
+    name,
+    size,
+    mode: (st.mode ?? 0o644) & 0o777,
+    mtime: st.mtime?.getTime() ?? Date.now(),
+    force: opts.force === true,
+    ...mode,
+  };
 }
 
 /**
