@@ -25,7 +25,14 @@
  */
 import { concat, utf8 } from "./bytes.ts";
 import { AuthError, UsageError } from "./errors.ts";
-import { fingerprint, MIN_BITS, parseFingerprint, readPrivateKeyFile } from "./keys.ts";
+import {
+  fingerprint,
+  fromBase64,
+  MIN_BITS,
+  parseFingerprint,
+  readPrivateKeyFile,
+  toBase64,
+} from "./keys.ts";
 
 const LABEL = utf8.encode("efx1 client auth");
 const PSS = { name: "RSA-PSS", hash: "SHA-256" } as const;
@@ -64,7 +71,7 @@ export async function clientAuthMessage(id: ClientIdentity, th: Uint8Array) {
     id.signKey,
     concat(LABEL, th),
   );
-  return { op: "auth", key: b64(id.spki), sig: b64(new Uint8Array(sig)) };
+  return { op: "auth", key: toBase64(id.spki), sig: toBase64(new Uint8Array(sig)) };
 }
 
 /**
@@ -81,8 +88,8 @@ export async function verifyClientAuth(
   }
   let spki: Uint8Array<ArrayBuffer>, sig: Uint8Array<ArrayBuffer>;
   try {
-    spki = unb64(msg.key);
-    sig = unb64(msg.sig);
+    spki = fromBase64(msg.key) as Uint8Array<ArrayBuffer>;
+    sig = fromBase64(msg.sig) as Uint8Array<ArrayBuffer>;
   } catch {
     throw new AuthError("malformed client authentication (bad base64)");
   }
@@ -156,17 +163,4 @@ export async function loadAuthorizedClients(path: string): Promise<AuthorizedCli
 export function allows(rights: Rights, op: string): boolean {
   const reading = op === "get" || op === "ls" || op === "tree";
   return rights === "rw" || (reading ? rights === "read" : rights === "write");
-}
-
-function b64(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s);
-}
-
-function unb64(text: string): Uint8Array<ArrayBuffer> {
-  const bin = atob(text);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
 }

@@ -63,6 +63,15 @@ export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
   return timingSafeEqual(a, b);
 }
 
+/**
+ * `text` with control characters (C0, DEL, C1) shown as `?`, so that names
+ * and messages from a peer cannot send escape sequences to the terminal.
+ */
+export function sanitize(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
+}
+
 /** Fresh random bytes from the OS CSPRNG (any length; WebCrypto caps one call at 64 KiB). */
 export function randomBytes(n: number): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(n);

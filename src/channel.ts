@@ -29,7 +29,7 @@ import {
   withDeadline,
 } from "./handshake.ts";
 import { BufferedReader } from "./io.ts";
-import { sanitize } from "./progress.ts";
+import { sanitize } from "./bytes.ts";
 import type { ServerPrivateKey } from "./keys.ts";
 import {
   DEFAULT_MAX_RECORDS,
@@ -350,7 +350,8 @@ function parseJson(body: Uint8Array): unknown {
   }
 }
 
-function safeClose(conn: Transport): void {
+/** Closes a connection, ignoring one that is closed already. */
+export function safeClose(conn: { close(): void }): void {
   try {
     conn.close();
   } catch { /* already closed */ }

@@ -26,12 +26,20 @@
  * @module
  */
 import { createHmac } from "node:crypto";
-import { concat, constantTimeEqual, randomBytes, sha256, u16, utf8, utf8Decoder } from "./bytes.ts";
+import {
+  concat,
+  constantTimeEqual,
+  randomBytes,
+  sanitize,
+  sha256,
+  u16,
+  utf8,
+  utf8Decoder,
+} from "./bytes.ts";
 import { AuthError, EfxError, IntegrityError, ProtocolError, TimeoutError } from "./errors.ts";
 import { BufferedReader, type Writable, writeAll } from "./io.ts";
 import { importServerPublicKey, type ServerPrivateKey } from "./keys.ts";
 import type { DirectionKeys } from "./record.ts";
-import { sanitize } from "./progress.ts";
 
 export const PROTOCOL_VERSION = 1;
 export const MAGIC = utf8.encode("EFXP");

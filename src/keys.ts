@@ -515,12 +515,14 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message.split("\n")[0] : String(err);
 }
 
-function toBase64(bytes: Uint8Array): string {
+/** Standard base64 of `bytes` (with padding). */
+export function toBase64(bytes: Uint8Array): string {
   let s = "";
   for (const b of bytes) s += String.fromCharCode(b);
   return btoa(s);
 }
 
-function fromBase64(text: string): Uint8Array {
+/** Bytes of standard base64 `text`; throws on invalid input. */
+export function fromBase64(text: string): Uint8Array {
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }

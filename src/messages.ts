@@ -9,7 +9,7 @@
  * @module
  */
 import { ProtocolError, RemoteError } from "./errors.ts";
-import { sanitize } from "./progress.ts";
+import { sanitize } from "./bytes.ts";
 
 /** Client requests. */
 export type Request =

@@ -18,6 +18,7 @@
  * ```
  * @module
  */
+import { sanitize } from "./bytes.ts";
 
 const BIN_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 const DEC_UNITS = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s", "PB/s"];
@@ -110,14 +111,6 @@ function formatEta(sec: number): string {
  * Replaces control characters (which could move the cursor or change the
  * terminal: a remote file name is untrusted) with `?`.
  */
-/**
- * `text` with control characters (C0, DEL, C1) shown as `?`, so that names
- * and messages from a peer cannot send escape sequences to the terminal.
- */
-export function sanitize(text: string): string {
-  // deno-lint-ignore no-control-regex
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
-}
 
 /** Shortens `text` to `width` characters with a "…" in the middle (keeps the extension). */
 function truncateMiddle(text: string, width: number): string {

@@ -24,7 +24,7 @@ import {
   type Rights,
   verifyClientAuth,
 } from "./auth.ts";
-import { SecureChannel, type Transport } from "./channel.ts";
+import { safeClose, SecureChannel, type Transport } from "./channel.ts";
 import { describeError, EfxError, RemoteError } from "./errors.ts";
 import { AlertCode, encodeAlert } from "./handshake.ts";
 import { writeAll } from "./io.ts";
@@ -466,8 +466,9 @@ export class EfxServer {
         let writer;
         let offset = 0;
         try {
-          await this.#storage.checkWrite(req.name, limits);
           if (req.resume) {
+            // Check before the offer: nothing may be created for a refused name.
+            await this.#storage.checkWrite(req.name, limits);
             claim = await this.#partials.claim(req.name, who);
             await ch.sendMessage({ ok: true, offset: claim.offset });
             const answer = parseResumeAnswer(await ch.recvMessage(), claim.offset);
@@ -634,10 +635,4 @@ function alertCode(err: unknown): string {
     return name === "efx" ? "error" : name;
   }
   return "error";
-}
-
-function safeClose(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
 }

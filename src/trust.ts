@@ -29,6 +29,7 @@
  * @module
  */
 import { AuthError, UsageError } from "./errors.ts";
+import { fingerprint as fingerprintOf } from "./keys.ts";
 
 /** Options of {@linkcode makeServerVerifier}. */
 export interface TrustOptions {
@@ -65,16 +66,6 @@ export type ServerVerifier = (server: string, spki: Uint8Array) => Promise<Trust
 
 /** Unpadded base64 of a SHA-256 digest is always 43 characters. */
 const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
-
-/** `SHA256:` + unpadded base64 of SHA-256(spki); same definition as keys.ts. */
-async function fingerprintOf(spki: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", spki as Uint8Array<ArrayBuffer>),
-  );
-  let bin = "";
-  for (const b of digest) bin += String.fromCharCode(b);
-  return "SHA256:" + btoa(bin).replace(/=+$/, "");
-}
 
 /**
  * Normalizes a fingerprint written by a user: surrounding space, a missing

@@ -8,6 +8,7 @@
 import { basename, join } from "node:path";
 import { intFlag, parseFlags, parseHostPort } from "../cli/flags.ts";
 import { type ClientIdentity, loadClientIdentity } from "../auth.ts";
+import { sanitize } from "../bytes.ts";
 import { type ClientTransferResult, EfxClient } from "../client.ts";
 import { describeError, EfxError, exitCodeOf, UsageError } from "../errors.ts";
 import { loadPublicKeyFile } from "../keys.ts";
@@ -17,7 +18,6 @@ import {
   formatRate,
   Progress,
   progressWanted,
-  sanitize,
   summaryLine,
 } from "../progress.ts";
 import { downloadTree, folderName, type TreeSummary, uploadTree } from "../folders.ts";
