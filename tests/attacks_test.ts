@@ -50,6 +50,7 @@ import {
 import {
   assertExit,
   assertSameFile,
+  assertServing,
   clientArgs,
   connectClient,
   efx,
@@ -154,28 +155,6 @@ async function assertTreeUnchanged(dir: string, before: Record<string, string>, 
   assert.deepEqual(await snap(dir), before, what);
 }
 
-/**
- * A direct (un-proxied) in-process client uploads a fresh file, downloads it
- * back, checks the bytes and removes it: the server is still serving.
- */
-async function assertServing(server: TestServer): Promise<void> {
-  const name = unique("alive") + ".bin";
-  const local = join(WORK, name);
-  const back = join(WORK, name + ".back");
-  await randomFile(local, 100_000);
-  const client = await connectClient(server);
-  try {
-    await client.upload(local, name);
-    await client.download(name, back);
-    await client.remove(name);
-  } finally {
-    await client.close();
-  }
-  await assertSameFile(back, local);
-  await Deno.remove(local);
-  await Deno.remove(back);
-}
-
 /** Prints what each side said, for the record. */
 function report(name: string, client: string, server: string): void {
   console.log(`[attack] ${name}\n  client: ${client}\n  server: ${server}`);
@@ -251,7 +230,7 @@ async function attackUpload(
   }
   await assertTreeUnchanged(server.root, before, `${name}: server storage`);
   assert.deepEqual(await tempFilesIn(WORK), [], `${name}: client temp files`);
-  await assertServing(server);
+  await assertServing(server, WORK);
   return { r, session, line };
 }
 
@@ -296,7 +275,7 @@ async function attackDownload(
   assert.deepEqual(await tempFilesIn(WORK), [], `${name}: client temp files`);
   await assertSameFile(local, original);
   await assertTreeUnchanged(S.root, before, `${name}: server storage`);
-  await assertServing(S);
+  await assertServing(S, WORK);
   await Deno.remove(local);
 }
 
@@ -518,7 +497,7 @@ Deno.test("attack: bit flips at sampled offsets of every handshake message never
     / (put|get) "/,
     "a request was served on a tampered connection",
   );
-  await assertServing(H);
+  await assertServing(H, WORK);
 });
 
 Deno.test("attack: an impostor presenting the pinned server's SPKI without its private key (exit 3)", async () => {
@@ -549,7 +528,7 @@ Deno.test("attack: an impostor presenting the pinned server's SPKI without its p
     assert.equal(handshakeSucceeded(other, session.upstreamPort, since), false);
     assert.equal(session.frames.filter((f) => f.kind === "record").length, 0, "no record sent");
     await assertTreeUnchanged(other.root, before, "impostor storage");
-    await assertServing(S);
+    await assertServing(S, WORK);
   } finally {
     await other.stop();
   }
@@ -592,7 +571,7 @@ Deno.test("attack: a different server with another key answers: pinned client ex
       await assertTreeUnchanged(other.root, before, `${op}: other server storage`);
       await assert.rejects(Deno.lstat(local), Deno.errors.NotFound);
     }
-    await assertServing(S);
+    await assertServing(S, WORK);
   } finally {
     await other.stop();
   }
@@ -793,7 +772,7 @@ Deno.test("attack: upload, the server's final reply tampered: client reports it,
   await assertSameFile(join(S.root, remote), UPLOAD_LOCAL);
   assert.deepEqual(await leftoverFiles(S.root), []);
   await Deno.remove(join(S.root, remote));
-  await assertServing(S);
+  await assertServing(S, WORK);
 });
 
 // ---------------------------------------------------------------------------
@@ -916,7 +895,7 @@ Deno.test("attack: a tampered resumable upload keeps only authentic bytes; the r
   if (kept.length > 0) assert.match(up.stdout, new RegExp(`resumed after ${kept.length} bytes`));
   await assertSameFile(join(S.root, remote), UPLOAD_LOCAL);
   assert.deepEqual(await leftoverFiles(S.root), [], "partial removed after the resume");
-  await assertServing(S);
+  await assertServing(S, WORK);
 });
 
 Deno.test("attack: a tampered resumable download keeps only authentic bytes; the resume completes", async () => {
@@ -1082,7 +1061,7 @@ Deno.test("attack: replaying a recorded complete upload session fails the handsh
     );
     await assertTreeUnchanged(S.root, before, "after replay");
   }
-  await assertServing(S);
+  await assertServing(S, WORK);
 });
 
 Deno.test("attack: a recorded server session replayed to a new client fails key confirmation (exit 3)", async () => {
@@ -1186,7 +1165,7 @@ Deno.test("attack: a client dripping 1 byte / 50 ms is dropped at the handshake 
     // While they are being dripped, a direct client uploads and downloads.
     await waitFor(() => mitm.sessions.length >= 4 && mitm.sessions.every((s) => s.sent.c2s >= 2));
     const t0 = performance.now();
-    await assertServing(H);
+    await assertServing(H, WORK);
     const ms = performance.now() - t0;
     const stillDripping = mitm.sessions.filter((s) =>
       !new RegExp(`127\\.0\\.0\\.1:${s.upstreamPort} handshake failed`).test(H.stderr())
@@ -1227,7 +1206,7 @@ Deno.test("attack: a client dripping 1 byte / 50 ms is dropped at the handshake 
     await mitm.close();
   }
   await assertTreeUnchanged(H.root, before, "drip: server storage");
-  await assertServing(H);
+  await assertServing(H, WORK);
 });
 
 Deno.test({

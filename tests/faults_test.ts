@@ -27,6 +27,7 @@ import { AlertCode, encodeAlert } from "../src/handshake.ts";
 import {
   assertExit,
   assertSameFile,
+  assertServing,
   clientArgs,
   connectClient,
   efx,
@@ -96,30 +97,6 @@ function assertOneLine(r: EfxResult, re: RegExp, what: string): void {
   assert.equal(lines.length, 1, `${what}: expected one stderr line, got:\n${r.stderr}`);
   assert.ok(lines[0].startsWith("efx: "), `${what}: stderr ${r.stderr}`);
   assert.match(lines[0], re, `${what}: stderr`);
-}
-
-let counter = 0;
-
-/**
- * An in-process client uploads a fresh file, downloads it back, checks the
- * bytes and removes it: the server is still serving.
- */
-async function assertServing(server: { port: number; fingerprint: string }, work: string) {
-  const name = `alive-${++counter}.bin`;
-  const local = join(work, name);
-  const back = join(work, `${name}.back`);
-  await randomFile(local, 100_000);
-  const client = await connectClient(server);
-  try {
-    await client.upload(local, name);
-    await client.download(name, back);
-    await client.remove(name);
-  } finally {
-    await client.close();
-  }
-  await assertSameFile(back, local);
-  await Deno.remove(local);
-  await Deno.remove(back);
 }
 
 /** Runs `fn` with a fresh client-side work folder, removed afterwards. */

@@ -675,3 +675,30 @@ export function freePort(): number {
 export async function makeWorkDir(prefix = "efx-e2e-work-"): Promise<string> {
   return await Deno.realPath(await Deno.makeTempDir({ prefix }));
 }
+
+let alive = 0;
+
+/**
+ * Asserts that `server` still serves: a fresh client uploads 100 kB from
+ * `work`, downloads it back, compares the bytes and removes it.
+ */
+export async function assertServing(
+  server: { port: number; fingerprint: string },
+  work: string,
+): Promise<void> {
+  const name = `alive-${Date.now()}-${++alive}.bin`;
+  const local = join(work, name);
+  const back = join(work, `${name}.back`);
+  await randomFile(local, 100_000);
+  const client = await connectClient(server);
+  try {
+    await client.upload(local, name);
+    await client.download(name, back);
+    await client.remove(name);
+  } finally {
+    await client.close();
+  }
+  await assertSameFile(back, local);
+  await Deno.remove(local);
+  await Deno.remove(back);
+}
