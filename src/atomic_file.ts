@@ -44,6 +44,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { EfxError, IntegrityError } from "./errors.ts";
+import { lstatOrNull, openChecked } from "./safe_fs.ts";
 
 /** Name prefix of temp files; names starting with it are reserved. */
 export const TEMP_PREFIX = ".efx-tmp-";
@@ -54,6 +55,8 @@ export interface CommitOptions {
   mode?: number;
   /** Modification time to set (atime becomes now). Ignored when not a valid date. */
   mtime?: Date;
+  /** Keep the sticky bit of `mode` (the storage's link-record marker); peers never get it. */
+  keepSticky?: boolean;
   /** Expected hex SHA-256 of the whole file (any case); a mismatch aborts. */
   expectedSha256?: string;
   /** Replace an existing final file. Default: the value given to {@linkcode AtomicWriter.create}. */
@@ -207,7 +210,15 @@ export class AtomicWriter {
     mapError: (err: unknown) => unknown,
   ): Promise<AtomicWriter> {
     const { path, offset } = opts.partial!;
-    const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+    // Never through a link: an existing partial must be a regular file that
+    // is still the one lstat saw; a missing one is created exclusively.
+    let file: Deno.FsFile;
+    try {
+      file = openChecked(path, { read: true, write: true }).file;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      file = Deno.openSync(path, { read: true, write: true, createNew: true, mode: 0o600 });
+    }
     try {
       if (!file.tryLockSync(true)) {
         throw new EfxError(`cannot write ${label}: another transfer is using its partial copy`);
@@ -282,9 +293,11 @@ export class AtomicWriter {
         this.#keep = false; // a partial that hashes wrong is worthless
         throw new IntegrityError(`file hash mismatch: sent ${expected}, received ${sha256}`);
       }
-      Deno.chmodSync(this.tempPath, (opts.mode ?? 0o644) & 0o777);
+      // The temp name is ours alone (created exclusively, unaddressable by
+      // peers); the mtime goes through the open handle.
+      Deno.chmodSync(this.tempPath, (opts.mode ?? 0o644) & (opts.keepSticky ? 0o1777 : 0o777));
       if (opts.mtime && !Number.isNaN(opts.mtime.getTime())) {
-        Deno.utimeSync(this.tempPath, new Date(), opts.mtime);
+        file.utimeSync(new Date(), opts.mtime);
       }
       if (opts.force ?? this.#force) {
         Deno.renameSync(this.tempPath, this.finalPath);
@@ -411,15 +424,6 @@ export async function removeStaleTemps(dir: string, minAgeMs = 0): Promise<numbe
 function randomHex(n: number): string {
   const bytes = crypto.getRandomValues(new Uint8Array(n));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function lstatOrNull(path: string): Deno.FileInfo | null {
-  try {
-    return Deno.lstatSync(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return null;
-    throw err;
-  }
 }
 
 /** Syncs a folder's entries to disk (best effort: not supported everywhere). */

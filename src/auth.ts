@@ -161,6 +161,12 @@ export async function loadAuthorizedClients(path: string): Promise<AuthorizedCli
 
 /** Whether `rights` allow operation `op` (read: get, ls, tree; write: put, rm, mkdir, symlink). */
 export function allows(rights: Rights, op: string): boolean {
-  const reading = op === "get" || op === "ls" || op === "tree";
-  return rights === "rw" || (reading ? rights === "read" : rights === "write");
+  if (rights === "rw") return true;
+  if (READ_OPS.has(op)) return rights === "read";
+  return WRITE_OPS.has(op) && rights === "write";
 }
+
+/** Requests that only read. */
+const READ_OPS = new Set(["get", "ls", "tree"]);
+/** Requests that change storage (anything else is refused to partial rights). */
+const WRITE_OPS = new Set(["put", "rm", "rmdir", "mv", "mkdir", "symlink"]);

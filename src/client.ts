@@ -22,7 +22,7 @@ import { SecureChannel } from "./channel.ts";
 import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import { hashPrefix, localPartialPath, prefixSha256 as prefixSha256Of } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
-import type { FileInfo } from "./storage.ts";
+import type { FileInfo } from "./messages.ts";
 import { receiveFile, sendBytes, sendFile, type TransferResult } from "./transfer.ts";
 import type { ServerVerifier } from "./trust.ts";
 

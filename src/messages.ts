@@ -38,9 +38,27 @@ export type Request =
   }
   | { op: "ls"; pattern?: string; recursive?: boolean }
   | { op: "tree"; name: string }
-  | { op: "rm"; name: string }
+  | { op: "rm"; name: string; recursive: boolean }
+  | { op: "rmdir"; name: string }
+  | { op: "mv"; from: string; to: string; force: boolean }
   | { op: "mkdir"; name: string; mode?: number; mtime?: number }
-  | { op: "symlink"; name: string; target: string; force: boolean };
+  | { op: "symlink"; name: string; target: string; force: boolean; mtime?: number };
+
+/** One entry of a listing (`ls`, `tree`), as the server sends it. */
+export interface FileInfo {
+  /** Client name: "/"-separated path relative to the storage root. */
+  name: string;
+  /** Size in bytes (0 for folders; a link's target length for links). */
+  size: number;
+  /** Permission bits (`& 0o777`; 0o777 for links). */
+  mode: number;
+  /** Modification time in ms since the epoch. */
+  mtime: number;
+  /** Entry kind. Links are data: the server never follows them. */
+  type: "file" | "dir" | "symlink";
+  /** For a link: its target, as uploaded (never resolved by the server). */
+  target?: string;
+}
 
 /** A failed reply or trailer: machine code and a message for the user. */
 export interface ErrorReply {
@@ -130,8 +148,17 @@ export function parseRequest(msg: Record<string, unknown>): Request {
         prefixSha256: msg.prefixSha256 === undefined ? undefined : hex64(msg.prefixSha256),
       };
     case "rm":
+      return { op: "rm", name: str(msg.name, "name"), recursive: msg.recursive === true };
+    case "rmdir":
     case "tree":
       return { op: msg.op, name: str(msg.name, "name") };
+    case "mv":
+      return {
+        op: "mv",
+        from: str(msg.from, "from"),
+        to: str(msg.to, "to"),
+        force: msg.force === true,
+      };
     case "mkdir":
       return {
         op: "mkdir",
@@ -145,6 +172,7 @@ export function parseRequest(msg: Record<string, unknown>): Request {
         name: str(msg.name, "name"),
         target: str(msg.target, "target"),
         force: msg.force === true,
+        mtime: msg.mtime === undefined ? undefined : finite(msg.mtime, "mtime"),
       };
     case "ls":
       return {

@@ -1,10 +1,10 @@
 /**
  * Resumable transfers: where partial files live and how a prefix is checked.
  *
- * Server: a resumable upload (`put` with `resume: true`) writes through
- * `<root>/.efx-tmp-partial/<sha256(identity NUL name)>.part` (the `.efx-tmp-`
- * prefix makes the folder reserved and invisible to clients; the identity is
- * the client key's fingerprint, or empty when anonymous). When the
+ * Server: a resumable upload (`put` with `resume: true`) writes through a
+ * partial file in the storage's private staging area, per client identity
+ * (the client key's fingerprint, or empty when anonymous; see
+ * src/storage/local_partials.ts). When the
  * connection is cut the partial stays; a later resumable upload of the same
  * name by the same identity is offered the partial's LENGTH only. The client
  * answers with the SHA-256 of its own first bytes of that length; the server
@@ -25,14 +25,15 @@
  */
 import { createHash, type Hash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
-import { TEMP_PREFIX } from "./atomic_file.ts";
-import { RemoteError } from "./errors.ts";
-
-/** Folder (inside the storage root) of partial uploads. */
-export const STAGING_DIR = `${TEMP_PREFIX}partial`;
 
 /** SHA-256 state over the first `length` bytes of an open file (read from the start). */
-export async function hashPrefix(file: Deno.FsFile, length: number): Promise<Hash> {
+export async function hashPrefix(
+  file: {
+    read(p: Uint8Array): Promise<number | null>;
+    seek(offset: number, whence: Deno.SeekMode): Promise<unknown>;
+  },
+  length: number,
+): Promise<Hash> {
   const hash = createHash("sha256");
   await file.seek(0, Deno.SeekMode.Start);
   const buf = new Uint8Array(1 << 20);
@@ -51,99 +52,6 @@ export async function hashPrefix(file: Deno.FsFile, length: number): Promise<Has
 export async function prefixSha256(path: string, length: number): Promise<string> {
   using file = await Deno.open(path, { read: true });
   return (await hashPrefix(file, length)).digest("hex");
-}
-
-/** The server's partial uploads. */
-export class PartialUploads {
-  readonly dir: string;
-  readonly ttlMs: number;
-  #busy = new Set<string>();
-
-  constructor(root: string, ttlMs: number) {
-    this.dir = join(root, STAGING_DIR);
-    this.ttlMs = ttlMs;
-  }
-
-  /**
-   * Path of the partial of `name` for client `who` (its key fingerprint, ""
-   * when anonymous): partials are private to the identity that made them.
-   */
-  pathOf(name: string, who: string): string {
-    const key = createHash("sha256").update(`${who}\0${name}`).digest("hex");
-    return join(this.dir, `${key}.part`);
-  }
-
-  /**
-   * Claims `name` for one resumable upload at a time and returns what can be
-   * offered: the partial's whole length (never a length the client picks).
-   * Only the length is revealed; the client must prove
-   * it has the same prefix (see {@linkcode checkPrefix}). Call
-   * {@linkcode release} when the upload ends, however it ends.
-   */
-  async claim(name: string, who: string): Promise<{ path: string; offset: number }> {
-    const key = `${who}\0${name}`;
-    if (this.#busy.has(key)) {
-      throw new RemoteError("busy", `another resumable upload of ${name} is in progress`);
-    }
-    this.#busy.add(key);
-    try {
-      await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
-      const path = this.pathOf(name, who);
-      let have = 0;
-      try {
-        have = (await Deno.stat(path)).size;
-      } catch { /* no partial */ }
-      return { path, offset: have };
-    } catch (err) {
-      this.#busy.delete(key);
-      throw err;
-    }
-  }
-
-  /**
-   * Whether the partial at `path` starts with `length` bytes whose SHA-256 is
-   * `sha256`. The caller restarts from zero (overwriting the partial) when it
-   * does not, so a client that does not have the data learns one bit, once.
-   */
-  async checkPrefix(path: string, length: number, sha256: string): Promise<boolean> {
-    try {
-      return (await prefixSha256(path, length)) === sha256;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Ends a claim. */
-  release(name: string, who: string): void {
-    this.#busy.delete(`${who}\0${name}`);
-  }
-
-  /** Removes the partial of `name` (after a completed upload of that name). */
-  drop(name: string, who: string): void {
-    if (this.#busy.has(`${who}\0${name}`)) return;
-    try {
-      Deno.removeSync(this.pathOf(name, who));
-    } catch { /* none: the common case, one cheap failed unlink */ }
-  }
-
-  /** Removes partials untouched for longer than the TTL; returns how many. */
-  async sweep(now = Date.now()): Promise<number> {
-    let n = 0;
-    try {
-      for await (const e of Deno.readDir(this.dir)) {
-        if (!e.isFile || !e.name.endsWith(".part")) continue;
-        const p = join(this.dir, e.name);
-        try {
-          const st = await Deno.stat(p);
-          if (now - (st.mtime?.getTime() ?? 0) > this.ttlMs) {
-            await Deno.remove(p);
-            n++;
-          }
-        } catch { /* raced with an upload or already gone */ }
-      }
-    } catch { /* no staging folder yet */ }
-    return n;
-  }
 }
 
 /** Where a resumable download of `target` keeps its partial data. */

@@ -29,15 +29,11 @@ import { describeError, EfxError, RemoteError } from "./errors.ts";
 import { AlertCode, encodeAlert } from "./handshake.ts";
 import { writeAll } from "./io.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
-import { type Logger, makeLogger, q } from "./log.ts";
-import { errorReply, LS_BATCH, parseRequest, parseResumeAnswer, type Request } from "./messages.ts";
-import { hashPrefix, PartialUploads } from "./resume.ts";
-import { syncDir } from "./atomic_file.ts";
-import { dirname } from "node:path";
-import type { Hash } from "node:crypto";
-import { Storage } from "./storage.ts";
-import { receiveFile, receiveStream, sendFile } from "./transfer.ts";
-import { formatBytes, formatDuration, formatRate } from "./progress.ts";
+import { type Logger, makeLogger } from "./log.ts";
+import { errorReply, parseRequest, type Request } from "./messages.ts";
+import { LocalStorage } from "./storage/local.ts";
+import { drainFile, newPipelineRun, RequestHandler } from "./requests.ts";
+import { formatBytes, formatDuration } from "./progress.ts";
 
 /** Settings of a server. */
 export interface ServerOptions {
@@ -58,22 +54,11 @@ export interface ServerOptions {
   readOnly?: boolean;
   /** How long an interrupted resumable upload is kept (default 24 h). */
   partialTtlMs?: number;
+  /** Free space an upload must leave (default 1 GiB or 5 % of the disk); 0: no check. */
+  minFreeBytes?: number;
   log?: Logger;
   /** Announces a freshly made key (default: the logger). */
   onKeyCreated?: (fingerprint: string, path: string) => void;
-}
-
-/** Commits of pipelined uploads that may run at once on one connection. */
-const MAX_PARALLEL_COMMITS = 16;
-
-/** Per-connection state of a run of pipelined uploads. */
-interface PipelineRun {
-  /** Folders that got new names without a folder sync yet. */
-  dirty: Set<string>;
-  /** The latest commit per final path (same-name commits run in order). */
-  byPath: Map<string, Promise<unknown>>;
-  /** Commits started and not yet awaited (bounded). */
-  inflight: Promise<unknown>[];
 }
 
 /** Default time an interrupted resumable upload is kept. */
@@ -83,8 +68,8 @@ export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 export class EfxServer {
   #listener: Deno.Listener;
   #key: ServerPrivateKey;
-  #storage: Storage;
-  #partials: PartialUploads;
+  #storage: LocalStorage;
+  #requests: RequestHandler;
   #sweeper: ReturnType<typeof setInterval>;
   #opts: ServerOptions;
   #log: Logger;
@@ -98,22 +83,23 @@ export class EfxServer {
   private constructor(
     listener: Deno.Listener,
     key: ServerPrivateKey,
-    storage: Storage,
+    storage: LocalStorage,
     opts: ServerOptions,
   ) {
     this.#listener = listener;
     this.#key = key;
     this.#storage = storage;
-    this.#partials = new PartialUploads(storage.root, opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS);
     this.#opts = opts;
+    this.#log = opts.log ?? makeLogger("normal");
+    this.#requests = new RequestHandler(storage, { maxSize: opts.maxSize }, this.#log);
     const sweep = () =>
-      this.#partials.sweep().then((n) => {
+      storage.sweepPartials().then((n) => {
         if (n) this.#log.info(`removed ${n} expired partial upload(s)`);
       });
     sweep();
-    this.#sweeper = setInterval(sweep, Math.min(3_600_000, this.#partials.ttlMs));
+    const ttl = opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS;
+    this.#sweeper = setInterval(sweep, Math.min(3_600_000, ttl));
     Deno.unrefTimer(this.#sweeper);
-    this.#log = opts.log ?? makeLogger("normal");
     this.done = this.#acceptLoop();
   }
 
@@ -128,7 +114,15 @@ export class EfxServer {
       );
     }
     if (opts.authorizedClientsPath) await loadAuthorizedClients(opts.authorizedClientsPath);
-    const storage = await Storage.open(opts.root);
+    const storage = await LocalStorage.open(opts.root, {
+      partialTtlMs: opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS,
+      reserveBytes: opts.minFreeBytes,
+    });
+    log.info(
+      storage.space.enforced
+        ? `free-space reserve: uploads must leave ${formatBytes(storage.space.reserveBytes)} free`
+        : `free-space reserve not enforced: ${storage.space.why}`,
+    );
     if (storage.removedTemps > 0) {
       log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
     }
@@ -230,7 +224,7 @@ export class EfxServer {
     ch.idleTimeoutMs = this.#opts.idleTimeoutMs ?? 5 * 60_000;
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
-    const run: PipelineRun = { dirty: new Set(), byPath: new Map(), inflight: [] };
+    const run = newPipelineRun();
     // Replies owed to pipelined uploads, sent strictly in request order; each
     // one's commit (fsync, rename) runs while the next file is received.
     let owed: Promise<void> = Promise.resolve();
@@ -268,17 +262,18 @@ export class EfxServer {
           }
           req = null;
         }
+        const requester = { ch, peer, who: auth.who };
         if (req?.op === "put" && req.pipelined) {
-          later(await this.#pipelinedPut(ch, req, peer, auth.who, run));
+          later(await this.#requests.pipelinedPut(requester, req, run));
         } else if (req) {
           await owed;
-          await syncDirs(run.dirty);
-          await this.#serveRequest(ch, req, peer, auth.who);
+          await this.#requests.flush(run);
+          await this.#requests.serve(requester, req);
         }
         msg = await ch.recvMessageOrClose();
       }
       await owed;
-      await syncDirs(run.dirty);
+      await this.#requests.flush(run);
       await ch.close();
       log.info(`${peer} disconnected after ${requests} request(s)`);
     } catch (err) {
@@ -293,88 +288,9 @@ export class EfxServer {
     } finally {
       // Commits already under way finish (their data was complete and
       // verified) before the folders are synced and the handler ends.
-      await Promise.allSettled(run.inflight);
-      await syncDirs(run.dirty);
+      await this.#requests.settle(run);
       this.#active.delete(ch);
     }
-  }
-
-  /**
-   * A pipelined upload (small files sent back to back): checks, receives
-   * and verifies it now, and returns the step that commits it and replies,
-   * to be run after the replies owed before it. Throws only when the
-   * connection must be dropped.
-   */
-  async #pipelinedPut(
-    ch: SecureChannel,
-    req: Extract<Request, { op: "put" }>,
-    peer: string,
-    who: string,
-    run: PipelineRun,
-  ): Promise<() => Promise<void>> {
-    const t0 = performance.now();
-    const what = `put ${q(req.name)}`;
-    const refuse = (err: unknown) => async () => {
-      if (ch.broken) throw err;
-      await ch.sendMessage(errorReply(err));
-      this.#log.info(`${peer} ${what}: failed: ${describeError(err)}`);
-    };
-    let writer;
-    try {
-      writer = await this.#storage.beginWrite(req.name, {
-        force: req.force,
-        size: req.size,
-        maxSize: this.#opts.maxSize,
-      });
-    } catch (err) {
-      await drainFile(ch);
-      return refuse(err);
-    }
-    let peerSha256: string;
-    try {
-      ({ peerSha256 } = await receiveStream(ch, writer, req.size));
-    } catch (err) {
-      if (ch.broken) throw err;
-      return refuse(err);
-    }
-    // Commit now, while the next files are received; several commits (and
-    // their fsyncs) may run at once, but two of the same name run in order.
-    while (run.inflight.length >= MAX_PARALLEL_COMMITS) {
-      await run.inflight.shift()!.catch(() => {});
-    }
-    const path = writer.finalPath;
-    const before = run.byPath.get(path) ?? Promise.resolve();
-    const committed = before.catch(() => {}).then(() =>
-      writer.commit({
-        mode: req.mode,
-        mtime: new Date(req.mtime),
-        expectedSha256: peerSha256,
-        force: req.force,
-        syncDir: false, // once per folder at the end of the run
-      })
-    );
-    committed.catch(() => {}); // awaited in the reply step below
-    run.byPath.set(path, committed);
-    run.inflight.push(committed);
-    return async () => {
-      let res;
-      try {
-        res = await committed;
-      } catch (err) {
-        return await refuse(err)();
-      } finally {
-        if (run.byPath.get(path) === committed) run.byPath.delete(path);
-      }
-      run.dirty.add(dirname(path));
-      this.#partials.drop(req.name, who); // an older partial is stale now
-      await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
-      const ms = performance.now() - t0;
-      this.#log.info(
-        `${peer} ${what} ${formatBytes(res.bytes)} in ${formatDuration(ms)} (${
-          formatRate(res.bytes / (ms / 1000))
-        }): ok`,
-      );
-    };
   }
 
   /**
@@ -434,198 +350,6 @@ export class EfxServer {
     await ch.sendMessage({ ok: true, fingerprint: fp, rights });
     log.info(`${peer} authenticated as ${fp} (${rights})`);
     return { rights, who: fp };
-  }
-
-  /** Serves one request. Throws only when the connection must be dropped. */
-  async #serveRequest(
-    ch: SecureChannel,
-    req: Request,
-    peer: string,
-    who: string,
-  ): Promise<void> {
-    const t0 = performance.now();
-    const log = this.#log;
-    const done = (what: string, bytes: number, result: string) => {
-      const ms = performance.now() - t0;
-      log.info(
-        `${peer} ${what} ${formatBytes(bytes)} in ${formatDuration(ms)} (${
-          formatRate(bytes / (ms / 1000))
-        }): ${result}`,
-      );
-    };
-    const replyError = async (what: string, err: unknown) => {
-      if (ch.broken) throw err;
-      await ch.sendMessage(errorReply(err));
-      log.info(`${peer} ${what}: failed: ${describeError(err)}`);
-    };
-    switch (req.op) {
-      case "put": {
-        const what = `put ${q(req.name)}`;
-        const limits = { force: req.force, size: req.size, maxSize: this.#opts.maxSize };
-        let claim: { path: string; offset: number } | null = null;
-        let writer;
-        let offset = 0;
-        try {
-          if (req.resume) {
-            // Check before the offer: nothing may be created for a refused name.
-            await this.#storage.checkWrite(req.name, limits);
-            claim = await this.#partials.claim(req.name, who);
-            await ch.sendMessage({ ok: true, offset: claim.offset });
-            const answer = parseResumeAnswer(await ch.recvMessage(), claim.offset);
-            // Go on only if the client proves it has the same prefix; else
-            // start over (which overwrites the partial).
-            if (
-              answer.offset > 0 &&
-              await this.#partials.checkPrefix(claim.path, answer.offset, answer.prefixSha256!)
-            ) {
-              offset = answer.offset;
-            }
-          }
-          writer = await this.#storage.beginWrite(req.name, {
-            ...limits,
-            partial: claim ? { path: claim.path, offset } : undefined,
-          });
-        } catch (err) {
-          if (claim) this.#partials.release(req.name, who);
-          return await replyError(what, err);
-        }
-        try {
-          await ch.sendMessage({ ok: true, offset });
-          const res = await receiveFile(ch, writer, req.size - offset, (peerSha) =>
-            writer.commit({
-              mode: req.mode,
-              mtime: new Date(req.mtime),
-              expectedSha256: peerSha,
-              force: req.force,
-            }));
-          await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
-          if (!claim) this.#partials.drop(req.name, who); // an older partial is stale now
-          log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
-          done(what, res.bytes - offset, offset ? `ok (resumed at byte ${offset})` : "ok");
-        } catch (err) {
-          await writer.abort(); // a resumable partial is kept for a later resume
-          return await replyError(what, err);
-        } finally {
-          if (claim) this.#partials.release(req.name, who);
-        }
-        return;
-      }
-      case "get": {
-        const what = `get ${q(req.name)}`;
-        let opened;
-        try {
-          opened = await this.#storage.openRead(req.name);
-        } catch (err) {
-          return await replyError(what, err);
-        }
-        const { file, info } = opened;
-        try {
-          // Resume only when our file starts with exactly the client's prefix.
-          let offset = 0;
-          let hash: Hash | undefined;
-          if (req.offset > 0 && req.prefixSha256 && req.offset <= info.size) {
-            const h = await hashPrefix(file, req.offset);
-            if (h.copy().digest("hex") === req.prefixSha256) {
-              offset = req.offset;
-              hash = h;
-            }
-          }
-          await file.seek(offset, Deno.SeekMode.Start);
-          await ch.sendMessage({
-            ok: true,
-            size: info.size,
-            mode: info.mode,
-            mtime: info.mtime,
-            offset,
-          });
-          const sent = await sendFile(ch, file, { length: info.size - offset, hash });
-          log.debug(`${peer} ${what} sha256 ${sent.sha256}`);
-          done(what, sent.bytes, offset ? `sent (resumed at byte ${offset})` : "sent");
-        } catch (err) {
-          if (err instanceof RemoteError && !ch.broken) {
-            log.info(`${peer} ${what}: failed: ${describeError(err)}`);
-            return;
-          }
-          throw err;
-        } finally {
-          file.close();
-        }
-        return;
-      }
-      case "tree": {
-        let entries;
-        try {
-          entries = await this.#storage.tree(req.name);
-        } catch (err) {
-          return await replyError(`tree ${q(req.name)}`, err);
-        }
-        await sendBatches(ch, entries);
-        return;
-      }
-      case "mkdir": {
-        try {
-          await this.#storage.mkdir(req.name, { mode: req.mode, mtime: req.mtime });
-        } catch (err) {
-          return await replyError(`mkdir ${q(req.name)}`, err);
-        }
-        await ch.sendMessage({ ok: true });
-        log.debug(`${peer} mkdir ${q(req.name)}`);
-        return;
-      }
-      case "symlink": {
-        const what = `symlink ${q(req.name)} -> ${q(req.target)}`;
-        try {
-          await this.#storage.symlink(req.name, req.target, { force: req.force });
-        } catch (err) {
-          return await replyError(what, err);
-        }
-        await ch.sendMessage({ ok: true });
-        done(what, 0, "ok");
-        return;
-      }
-      case "ls": {
-        let entries;
-        try {
-          entries = await this.#storage.list(req.pattern, { recursive: req.recursive });
-        } catch (err) {
-          return await replyError("ls", err);
-        }
-        await sendBatches(ch, entries);
-        log.debug(`${peer} ls ${q(req.pattern ?? "")}: ${entries.length} entries`);
-        return;
-      }
-      case "rm": {
-        const what = `rm ${q(req.name)}`;
-        try {
-          await this.#storage.remove(req.name);
-        } catch (err) {
-          return await replyError(what, err);
-        }
-        await ch.sendMessage({ ok: true });
-        done(what, 0, "removed");
-        return;
-      }
-    }
-  }
-}
-
-/** Syncs (and forgets) the folders of a run of small uploads. */
-async function syncDirs(dirty: Set<string>): Promise<void> {
-  for (const d of dirty) await syncDir(d);
-  dirty.clear();
-}
-
-/** Reads and drops one incoming file stream and its trailer. */
-async function drainFile(ch: SecureChannel): Promise<void> {
-  for await (const _ of ch.recvStream()) { /* dropped */ }
-  await ch.recvMessage();
-}
-
-/** Sends a listing as `{ok, entries, more}` messages of at most LS_BATCH entries. */
-async function sendBatches(ch: SecureChannel, entries: unknown[]): Promise<void> {
-  for (let i = 0; i === 0 || i < entries.length; i += LS_BATCH) {
-    const batch = entries.slice(i, i + LS_BATCH);
-    await ch.sendMessage({ ok: true, entries: batch, more: i + LS_BATCH < entries.length });
   }
 }
 

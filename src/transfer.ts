@@ -10,7 +10,6 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import type { AtomicWriter } from "./atomic_file.ts";
 import { DATA_CHUNK, type SecureChannel } from "./channel.ts";
 import { IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import { parseTrailer, type Trailer } from "./messages.ts";
@@ -23,6 +22,18 @@ export interface TransferResult {
   sha256: string;
   /** Hex SHA-256 the peer reported. */
   peerSha256: string;
+}
+
+/** Where a sent file's bytes come from (a Deno.FsFile, a storage read handle). */
+export interface ByteSource {
+  read(p: Uint8Array): Promise<number | null>;
+}
+
+/** Where a received file's bytes go (an AtomicWriter, a storage upload). */
+export interface ByteSink {
+  write(chunk: Uint8Array): Promise<void>;
+  /** Gives up (removes what was written, keeps a resumable partial). Never throws. */
+  abort(): Promise<void>;
 }
 
 /** Options of {@linkcode sendFile}. */
@@ -43,7 +54,7 @@ export interface SendOptions {
  */
 export async function sendFile(
   ch: SecureChannel,
-  file: Deno.FsFile,
+  file: ByteSource,
   opts: SendOptions,
 ): Promise<{ bytes: number; sha256: string }> {
   const size = opts.length;
@@ -102,7 +113,7 @@ export async function sendBytes(
  */
 export async function receiveFile(
   ch: SecureChannel,
-  writer: AtomicWriter,
+  writer: ByteSink,
   size: number,
   commit: (peerSha256: string) => Promise<{ sha256: string; bytes: number }>,
   onBytes: (n: number) => void = () => {},
@@ -125,7 +136,7 @@ export async function receiveFile(
  */
 export async function receiveStream(
   ch: SecureChannel,
-  writer: AtomicWriter,
+  writer: ByteSink,
   size: number,
   onBytes: (n: number) => void = () => {},
 ): Promise<{ peerSha256: string }> {

@@ -21,6 +21,8 @@
  * Run: deno test --allow-net=127.0.0.1,localhost,0.0.0.0 --allow-read
  *   --allow-write --allow-run --allow-env --allow-sys tests/attacks_test.ts
  */
+import { STAGING_DIR } from "../src/storage/local.ts";
+import { partialRelPath } from "../src/storage/local_partials.ts";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -132,16 +134,17 @@ function handshakeSucceeded(server: TestServer, port: number, since: number): bo
 }
 
 /**
- * {@linkcode snapshotTree} of `dir`, less the bare `.efx-tmp-partial` folder
- * entry (the server makes that empty staging folder on the first upload or
- * resume offer; the partial files inside it still count).
+ * {@linkcode snapshotTree} of `dir`, less the bare folders of the server's
+ * staging area (made on the first resumable upload; the partial files inside
+ * them still count).
  */
 async function snap(dir: string): Promise<Record<string, string>> {
   const tree = await snapshotTree(dir);
-  if (tree[STAGING] === "dir") delete tree[STAGING];
+  for (const [k, v] of Object.entries(tree)) {
+    if (v === "dir" && (k === STAGING_DIR || k.startsWith(`${STAGING_DIR}/`))) delete tree[k];
+  }
   return tree;
 }
-const STAGING = `${TEMP_PREFIX}partial`;
 
 /** Waits until `dir` looks exactly like `before` (cleanup is async), then asserts it. */
 async function assertTreeUnchanged(dir: string, before: Record<string, string>, what: string) {
@@ -1000,8 +1003,8 @@ Deno.test({
       }
     } finally {
       await attacker.close();
-      const part = createHash("sha256").update(`\0${remote}`).digest("hex") + ".part";
-      await Deno.remove(join(S.root, STAGING, part)).catch(() => {});
+      const part = join(S.root, STAGING_DIR, "partials", partialRelPath(remote, ""));
+      await Deno.remove(part).catch(() => {});
       await Deno.remove(local);
     }
     console.log(
@@ -1309,7 +1312,7 @@ async function startOtherServer(): Promise<TestServer> {
 async function leftoverFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const rel of await listTree(dir)) {
-    if (!rel.split("/").some((c) => c.startsWith(TEMP_PREFIX))) continue;
+    if (!rel.split("/").some((c) => c.startsWith(TEMP_PREFIX) || c === STAGING_DIR)) continue;
     if ((await Deno.lstat(join(dir, rel))).isFile) out.push(rel);
   }
   return out;

@@ -16,7 +16,7 @@ import { join, relative } from "node:path";
 import { deflateSync } from "node:zlib";
 import type { SecureChannel } from "../src/channel.ts";
 import { linkStaysInside } from "../src/folders.ts";
-import type { FileInfo } from "../src/storage.ts";
+import type { FileInfo } from "../src/messages.ts";
 import {
   assertExit,
   clientArgs,
@@ -178,6 +178,44 @@ async function assertSameTree(a: string, b: string): Promise<void> {
   assert.deepEqual(await metadata(b), await metadata(a));
 }
 
+/**
+ * The server stored the tree at `remote` with no filesystem link anywhere
+ * (links are data), and lists every link of local tree `src` as a link with
+ * the same target.
+ */
+async function assertStoredTree(src: string, remote: string): Promise<void> {
+  const onDisk = join(S.root, remote);
+  for (const rel of await listTree(onDisk)) {
+    assert.ok(
+      !(await Deno.lstat(join(onDisk, rel))).isSymlink,
+      `a filesystem link on the server: ${rel}`,
+    );
+  }
+  const client = await connectClient(S);
+  try {
+    const listed = new Map(
+      (await client.tree(remote)).map((e) => [e.name.slice(remote.length + 1), e]),
+    );
+    for (const rel of await listTree(src)) {
+      const st = await Deno.lstat(join(src, rel));
+      const e = listed.get(rel);
+      assert.ok(e, `${rel} not listed`);
+      if (st.isSymlink) {
+        assert.equal(e.type, "symlink", rel);
+        assert.equal(e.target, await Deno.readLink(join(src, rel)), rel);
+      } else {
+        assert.equal(e.type, st.isDirectory ? "dir" : "file", rel);
+        if (st.isFile) {
+          assert.equal(e.size, st.size, rel);
+          assert.equal(e.mode, st.mode! & 0o777, rel);
+        }
+      }
+    }
+  } finally {
+    await client.close();
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Round trips
 
@@ -192,7 +230,7 @@ Deno.test("folders: upload -r then download -r gives back the tree exactly (cont
     const up = await efx(["upload", "-r", "tree", ...clientArgs(S)], { cwd: work });
     assertExit(up, 0, "upload -r");
     assert.match(up.stdout, /^uploaded tree as tree: 7 files, 8 folders, 3 links, /m);
-    await assertSameTree(src, join(S.root, "tree"));
+    await assertStoredTree(src, "tree");
 
     const down = await efx(["download", "-r", "tree", "-o", "back", ...clientArgs(S)], {
       cwd: work,
@@ -250,7 +288,7 @@ Deno.test("folders: the shell's put -r and get -r move a tree both ways", async 
     assertExit(r, 0, "shell");
     assert.match(r.stdout, /uploaded shtree as remote-shtree: 7 files, 8 folders, 3 links/);
     assert.match(r.stdout, /downloaded remote-shtree to got tree: 7 files, 8 folders, 3 links/);
-    await assertSameTree(join(work, "shtree"), join(S.root, "remote-shtree"));
+    await assertStoredTree(join(work, "shtree"), "remote-shtree");
     await assertSameTree(join(work, "shtree"), join(work, "got tree"));
     // Without -f an existing tree is not overwritten file by file.
     const again = await efx(["shell", ...clientArgs(S)], {
@@ -302,19 +340,26 @@ Deno.test("folders: links leading outside the tree are skipped with a notice, ne
   });
 });
 
-Deno.test("folders: the server refuses link targets that are absolute or lead out of its root", async () => {
+Deno.test("folders: link targets are data: any target is stored as given, never made a filesystem link", async () => {
   const client = await connectClient(S);
   try {
     await client.mkdir("links");
-    for (const target of ["/etc/passwd", "../../x", "../..", "a\\..\\..\\x", ""]) {
+    for (const target of ["/etc/passwd", "../../x", "../..", "a\\..\\..\\x", "dangling"]) {
+      await client.symlink("links/l", target, true);
+      assert.ok(!(await Deno.lstat(join(S.root, "links/l"))).isSymlink, target);
+      const e = (await client.tree("links")).find((x) => x.name === "links/l");
+      assert.equal(e?.type, "symlink", target);
+      assert.equal(e?.target, target);
       await assert.rejects(
-        client.symlink("links/bad", target),
-        /refusing symbolic link|bad/,
+        client.download("links/l", join(S.dir, "never")),
+        /links\/l is a link on the server; links are never followed/,
         target,
       );
     }
-    await client.symlink("links/good", "../links");
-    assert.equal(await Deno.readLink(join(S.root, "links/good")), "../links");
+    for (const target of ["", "a\x00b", "new\nline", "x".repeat(4097)]) {
+      await assert.rejects(client.symlink("links/bad", target), /refusing link links\/bad/, target);
+    }
+    assert.equal(await Deno.lstat(join(S.root, "links/bad")).catch(() => null), null);
   } finally {
     await client.close();
   }
@@ -506,52 +551,38 @@ Deno.test({
 
 Deno.test("folders: a link chain out of the server's root is never followed by the server", async () => {
   const client = await connectClient(S);
+  const work = await makeWorkDir("efx-folders-work-");
   try {
     await client.mkdir("chain/sub");
     await client.symlink("chain/sub/lnk", "..");
-    // Lexically "chain"; really <root>/chain/sub/lnk = <root>/chain, then ../.. = above the root.
-    // Creating it is the bug shown below; what matters here is that it is never used.
-    await client.symlink("chain/z", "sub/lnk/../..").catch(() => {});
-    if ((await Deno.lstat(join(S.root, "chain/z")).catch(() => null)) === null) return;
-    const work = await makeWorkDir("efx-folders-work-");
-    try {
-      // <root>/../keys/server.pub.pem exists (the test server's folder): never served.
-      await assert.rejects(
-        client.download("chain/z/keys/server.pub.pem", join(work, "x")),
-        /leads outside the storage root|no such file/,
-      );
-      await Deno.writeTextFile(join(work, "y"), "y");
-      await assert.rejects(client.upload(join(work, "y"), "chain/z/planted.txt"), /leads outside/);
-      assert.equal(await Deno.lstat(join(S.root, "../planted.txt")).catch(() => null), null);
-      const entry = (await client.tree("chain")).find((e) => e.name === "chain/z");
-      assert.equal(entry?.type, "symlink");
-      assert.equal(entry?.target, undefined, "an escaping link's target is not disclosed");
-      assert.equal(entry?.size, 0);
-    } finally {
-      await Deno.remove(work, { recursive: true });
-    }
+    // Lexically "chain"; as filesystem links, <root>/chain/sub/lnk/../.. would be above the root.
+    await client.symlink("chain/z", "sub/lnk/../..");
+    // Both are stored as data: no filesystem link exists to follow.
+    assert.ok(!(await Deno.lstat(join(S.root, "chain/z"))).isSymlink);
+    assert.ok(!(await Deno.lstat(join(S.root, "chain/sub/lnk"))).isSymlink);
+    // <root>/../keys/server.pub.pem exists (the test server's folder): never served.
+    await assert.rejects(
+      client.download("chain/z/keys/server.pub.pem", join(work, "x")),
+      /chain\/z is a link on the server, and links are never followed/,
+    );
+    await Deno.writeTextFile(join(work, "y"), "y");
+    await assert.rejects(
+      client.upload(join(work, "y"), "chain/z/planted.txt"),
+      /chain\/z is a link on the server, and links are never followed/,
+    );
+    await assert.rejects(
+      client.upload(join(work, "y"), "chain/sub/lnk/planted.txt"),
+      /is a link on the server/,
+    );
+    assert.equal(await Deno.lstat(join(S.root, "../planted.txt")).catch(() => null), null);
+    assert.equal(await Deno.lstat(join(S.root, "chain/planted.txt")).catch(() => null), null);
+    const entry = (await client.tree("chain")).find((e) => e.name === "chain/z");
+    assert.equal(entry?.type, "symlink");
+    assert.equal(entry?.target, "sub/lnk/../..");
   } finally {
+    await Deno.remove(work, { recursive: true });
     await client.close();
   }
-});
-
-Deno.test({
-  // BUG (same cause as above, server side): Storage.symlink accepts
-  // "chain2/z" -> "sub/lnk/../.." after "chain2/sub/lnk" -> "..": each is
-  // lexically inside the root, together they resolve above it. efx never
-  // follows it (every access re-checks realPath), but the storage folder
-  // then holds a link out of the root.
-  name: "folders: the server refuses a link that resolves outside its root through another link",
-  fn: async () => {
-    const client = await connectClient(S);
-    try {
-      await client.mkdir("chain2/sub");
-      await client.symlink("chain2/sub/lnk", "..");
-      await assert.rejects(client.symlink("chain2/z", "sub/lnk/../.."));
-    } finally {
-      await client.close();
-    }
-  },
 });
 
 Deno.test({

@@ -17,7 +17,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { STAGING_DIR } from "../src/resume.ts";
+import { STAGING_DIR } from "../src/storage/local.ts";
+import { partialRelPath } from "../src/storage/local_partials.ts";
 import { Mitm, type Tamper, truncateAfterRecords, truncateInRecord } from "./helpers/mitm.ts";
 import {
   assertExit,
@@ -55,7 +56,7 @@ async function withWork(fn: (work: string) => Promise<void>): Promise<void> {
 
 /** Path of the server's partial upload of `name` under `root`. */
 function partialOf(root: string, name: string): string {
-  return join(root, STAGING_DIR, createHash("sha256").update(`\0${name}`).digest("hex") + ".part");
+  return join(root, STAGING_DIR, "partials", partialRelPath(name, ""));
 }
 
 async function sizeOrNull(path: string): Promise<number | null> {
@@ -217,20 +218,32 @@ Deno.test("resume: the staging folder is hidden and its names are reserved", asy
       work,
     );
     await assertCutUpload(cut, name, work);
-    const hex = createHash("sha256").update(name).digest("hex");
-    for (const pattern of [".efx-tmp-partial/*", ".efx-tmp-*", "*"]) {
+    for (const pattern of [`${STAGING_DIR}/*`, `${STAGING_DIR}/partials/*/*`, ".efx-*", "*"]) {
       const ls = await efx(["ls", pattern, ...clientArgs(S)], { cwd: work });
       assert.doesNotMatch(ls.stdout, /efx-tmp|\.part/, pattern);
     }
     const get = await efx(
-      ["download", `${STAGING_DIR}/${hex}.part`, "-o", "stolen", ...clientArgs(S)],
+      [
+        "download",
+        `${STAGING_DIR}/partials/${partialRelPath(name, "")}`,
+        "-o",
+        "stolen",
+        ...clientArgs(S),
+      ],
       { cwd: work },
     );
     assertExit(get, 1, "download of a partial");
-    assert.match(get.stderr, /names starting with \.efx-tmp- are reserved/);
+    assert.match(get.stderr, /names starting with \.efx- are reserved/);
     assert.equal(await sizeOrNull(join(work, "stolen")), null);
     const put = await efx(
-      ["upload", src, "--as", `${STAGING_DIR}/${hex}.part`, "--force", ...clientArgs(S)],
+      [
+        "upload",
+        src,
+        "--as",
+        `${STAGING_DIR}/partials/${partialRelPath(name, "")}`,
+        "--force",
+        ...clientArgs(S),
+      ],
       { cwd: work },
     );
     assertExit(put, 1, "upload over a partial");

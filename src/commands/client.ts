@@ -21,7 +21,7 @@ import {
   summaryLine,
 } from "../progress.ts";
 import { downloadTree, folderName, type TreeSummary, uploadTree } from "../folders.ts";
-import type { FileInfo } from "../storage.ts";
+import type { FileInfo } from "../messages.ts";
 import {
   askOnTerminal,
   defaultKnownServersPath,

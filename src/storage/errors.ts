@@ -1,0 +1,31 @@
+/**
+ * The one error type every storage backend throws for a client: a code the
+ * client can act on and a message safe to send (it names files by the
+ * client's name, never by a server path).
+ *
+ * @module
+ */
+import { RemoteError } from "../errors.ts";
+
+/** Reason codes of a {@linkcode StorageError}, sent to the client. */
+export type StorageErrorCode =
+  | "bad-name"
+  | "not-found"
+  | "exists"
+  | "permission"
+  | "not-a-file"
+  | "not-empty"
+  | "too-large"
+  | "no-space"
+  | "quota"
+  | "busy"
+  | "io";
+
+/** A storage operation failed; the message is safe to send to the client. */
+export class StorageError extends RemoteError {
+  declare readonly code: StorageErrorCode;
+  constructor(code: StorageErrorCode, message: string) {
+    super(code, message);
+    this.name = "StorageError";
+  }
+}
