@@ -1294,7 +1294,8 @@ async function startOtherServer(): Promise<TestServer> {
   const keyDir = await makeWorkDir("efx-attack-otherkey-");
   try {
     const pair = await writeKeyPair(keyDir, { bits: 2048 });
-    const server = await startServer({ args: ["--key", pair.privatePath] });
+    // Its key lies outside the serve task's paths: broad permissions.
+    const server = await startServer({ args: ["--key", pair.privatePath], perms: "broad" });
     const m = await server.waitForLog(/^efx: server key fingerprint: (\S+)$/m);
     assert.equal(m[1], pair.fingerprint);
     assert.notEqual(pair.fingerprint, S.fingerprint);

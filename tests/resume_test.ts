@@ -510,7 +510,7 @@ Deno.test("resume: --partial-ttl: the start sweep removes expired partials and k
   let b: TestServer | undefined;
   try {
     // A later --root overrides the helper's own (a server on a root that outlives it).
-    a = await startServer({ args: ["--root", root] });
+    a = await startServer({ args: ["--root", root], perms: "broad" });
     const files: Record<string, string> = {};
     for (const name of ["old.bin", "young.bin"]) {
       files[name] = join(work, name);
@@ -530,7 +530,7 @@ Deno.test("resume: --partial-ttl: the start sweep removes expired partials and k
     // Two hours old and ten minutes old, against a TTL of one hour.
     await Deno.utime(old, new Date(), new Date(Date.now() - 2 * 3_600_000));
     await Deno.utime(young, new Date(), new Date(Date.now() - 10 * 60_000));
-    b = await startServer({ args: ["--root", root, "--partial-ttl", "1h"] });
+    b = await startServer({ args: ["--root", root, "--partial-ttl", "1h"], perms: "broad" });
     await b.waitForLog(/removed 1 expired partial upload\(s\)/);
     assert.equal(await sizeOrNull(old), null, "expired partial kept");
     assert.equal(await sizeOrNull(young), youngSize, "young partial removed");

@@ -22,6 +22,8 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --authorized-clients F admit only the client keys listed in F (lines: SHA256:... [rights=read|write|rw])
   --read-only            downloads and listings only
   --partial-ttl T        keep interrupted resumable uploads this long, e.g. 24h, 30m (default 24h)
+  --min-free SIZE        refuse uploads that would leave less free disk than this, e.g. 5G
+                         (default: 1G, or 5% of the disk when that is less; 0: no check)
   -q, --quiet            log errors only
   -v, --verbose          log more detail (hashes, listings)`;
 
@@ -39,6 +41,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     "authorized-clients": { type: "string" },
     "read-only": { type: "boolean" },
     "partial-ttl": { type: "string" },
+    "min-free": { type: "string" },
     quiet: { type: "boolean", short: "q" },
     verbose: { type: "boolean", short: "v" },
     help: { type: "boolean", short: "h" },
@@ -62,6 +65,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     authorizedClientsPath: values["authorized-clients"],
     readOnly: values["read-only"] === true,
     partialTtlMs: durationFlag(values["partial-ttl"], "--partial-ttl", 24 * 3_600_000),
+    minFreeBytes: sizeFlag(values["min-free"], "--min-free"),
     log,
     onKeyCreated: (_fp, path) =>
       console.error(`efx: no server key found; made a new one at ${path}`),

@@ -51,6 +51,7 @@ export const CLI_PERMISSIONS: readonly string[] = [
   "--allow-read",
   "--allow-write",
   "--allow-env",
+  "--allow-sys=statfs",
 ];
 
 /** The prefix of upload/download temp files (`.efx-tmp-`). */
@@ -113,6 +114,8 @@ export interface TestServer {
   dir: string;
   /** The server process. */
   proc: Deno.ChildProcess;
+  /** The permissions it runs under. */
+  perms: ServerPerms;
   /** Resolves with the exit status once the server process has ended. */
   exited: Promise<Deno.CommandStatus>;
   /** Everything the server wrote to stderr so far (its log). */
@@ -126,10 +129,53 @@ export interface TestServer {
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
+/**
+ * Deno permissions a test server runs under: `broad` (the CLI's
+ * `--allow-net --allow-read --allow-write --allow-env`), or `serve-task`:
+ * exactly the `serve` task's flags from deno.json (only the pinned port
+ * differs), the deployment users get. The default is `$EFX_TEST_SERVER_PERMS`,
+ * else `broad`; `deno task test` runs the end-to-end and attack suites once
+ * more with `serve-task`.
+ */
+export type ServerPerms = "broad" | "serve-task";
+
+/** The permission mode of test servers in this run (see {@linkcode ServerPerms}). */
+export function defaultServerPerms(): ServerPerms {
+  const v = Deno.env.get("EFX_TEST_SERVER_PERMS");
+  if (v === undefined || v === "" || v === "broad") return "broad";
+  if (v === "serve-task") return v;
+  throw new Error(`EFX_TEST_SERVER_PERMS must be broad or serve-task, not ${v}`);
+}
+
+/** The permission flags of a deno.json task (the words between `run` and `main.ts`). */
+export async function taskFlags(task: string): Promise<string[]> {
+  const cfg = JSON.parse(
+    await Deno.readTextFile(fileURLToPath(new URL("../../deno.json", import.meta.url))),
+  );
+  const words: string[] = cfg.tasks[task].split(/\s+/);
+  const start = words.indexOf("run") + 1;
+  const end = words.indexOf("main.ts");
+  if (start <= 0 || end <= start) {
+    throw new Error(`task ${task} is not of the form 'deno run FLAGS main.ts ...'`);
+  }
+  return words.slice(start, end);
+}
+
 /** Options of {@linkcode startServer}. */
 export interface StartServerOptions {
   /** Extra `efx serve` arguments, e.g. `["--max-size", "1M"]`. */
   args?: string[];
+  /**
+   * Permissions (default {@linkcode defaultServerPerms}). A test whose server
+   * needs files outside `keys/` and `storage/` (e.g. its own
+   * authorized-clients path) says `broad`.
+   */
+  perms?: ServerPerms;
+  /**
+   * Content of `keys/authorized_clients` (the path the serve task may read);
+   * when given, the server runs with `--authorized-clients` on it.
+   */
+  authorizedClients?: string;
   /** Longest wait for the "serving" line (default 30 s). */
   timeoutMs?: number;
 }
@@ -159,21 +205,39 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
   await Deno.writeTextFile(keyPath, key.privatePem, { mode: 0o600 });
   await Deno.writeTextFile(pubKeyPath, key.publicPem, { mode: 0o644 });
 
+  const perms = opts.perms ?? defaultServerPerms();
+  const extra = [...(opts.args ?? [])];
+  if (opts.authorizedClients !== undefined) {
+    const acPath = join(keyDir, "authorized_clients");
+    await Deno.writeTextFile(acPath, opts.authorizedClients);
+    extra.push("--authorized-clients", acPath);
+  }
+  let permFlags: string[] = [...CLI_PERMISSIONS];
+  let port = "0";
+  if (perms === "serve-task") {
+    // The task's own flags, relative paths and all (cwd is `dir`, laid out
+    // like a checkout: keys/server.key.pem, storage/); only the port moves.
+    port = String(freePort());
+    permFlags = (await taskFlags("serve")).map((f) =>
+      f.startsWith("--allow-net=") ? `--allow-net=127.0.0.1:${port}` : f
+    );
+  }
   const proc = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
-      ...CLI_PERMISSIONS,
+      "--no-prompt",
+      ...permFlags,
       MAIN_TS,
       "serve",
       "--port",
-      "0",
+      port,
       "--host",
       "127.0.0.1",
       "--root",
       root,
       "--key",
       keyPath,
-      ...(opts.args ?? []),
+      ...extra,
     ],
     cwd: dir,
     env: { NO_COLOR: "1" },
@@ -233,6 +297,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
     fingerprint: key.fingerprint,
     dir,
     proc,
+    perms,
     exited,
     stderr: () => log,
     waitForLog,
