@@ -94,7 +94,9 @@ async function cutResumableUpload(
   work: string,
   identity?: string,
 ): Promise<void> {
-  const mitm = await Mitm.start({ target: s.port, tamper: truncateAfterRecords("c2s", 6) });
+  // c2s records: [auth], put, resume answer, then DATA: keep two DATA records.
+  const keep = identity ? 5 : 4;
+  const mitm = await Mitm.start({ target: s.port, tamper: truncateAfterRecords("c2s", keep) });
   try {
     const r = await efx([
       "upload",
@@ -120,6 +122,10 @@ Deno.test("hostile: links and a planted partial never lead a write outside the r
     const victim = join(s.dir, "victim.txt");
     await Deno.writeTextFile(victim, "precious, outside the storage root\n");
     const before = await snapshot(victim);
+    // A first resumable upload, cut: the staging area exists from then on.
+    const warm = join(work, "warm.bin");
+    await Deno.writeFile(warm, new Uint8Array(600_000));
+    await cutResumableUpload(s, warm, "warm.bin", work);
     const c = await connectClient(s);
     try {
       const name = "target.bin";
