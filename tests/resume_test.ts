@@ -500,6 +500,54 @@ Deno.test("resume: download --resume refuses an existing target without --force,
   });
 });
 
+Deno.test("resume: a resumable upload whose connection is still open but dead is taken over at once", async () => {
+  await withWork(async (work) => {
+    const name = `takeover-${crypto.randomUUID()}.bin`;
+    const src = join(work, "src.bin");
+    await randomFile(src, 2 * CHUNK + 1000);
+    const data = await Deno.readFile(src);
+    // A client that started a resumable upload, sent one DATA record and went
+    // silent with its connection open (a laptop lid closed, a dead NAT entry).
+    const stale = await connectClient(S);
+    await stale.channel.sendMessage({
+      op: "put",
+      name,
+      size: data.length,
+      mode: 0o644,
+      mtime: Date.now(),
+      force: false,
+      resume: true,
+    });
+    const offer = await stale.channel.recvMessage();
+    assert.equal(offer.offset, 0);
+    await stale.channel.sendMessage({ offset: 0 });
+    assert.equal((await stale.channel.recvMessage()).ok, true);
+    let hang!: () => void;
+    const hung = new Promise<void>((r) => hang = r);
+    const sending = stale.channel.sendStream((async function* () {
+      yield data.slice(0, CHUNK); // sent once the next chunk comes (the last carries END)
+      yield data.slice(CHUNK, 2 * CHUNK);
+      await hung; // never sends END
+    })()).catch(() => {});
+    const partial = join(S.root, STAGING_DIR, "partials", partialRelPath(name, ""));
+    await waitFor(async () => (await Deno.stat(partial).catch(() => null))?.size === CHUNK, {
+      what: "the stale upload's partial",
+    });
+    // The same client comes back: its resume takes over right away and sends only the rest.
+    const t0 = performance.now();
+    const again = await efx(["upload", src, "--as", name, "--resume", ...clientArgs(S)], {
+      cwd: work,
+    });
+    assertExit(again, 0, "resume while the stale connection is open");
+    assert.match(again.stdout, new RegExp(`resumed after ${CHUNK} bytes`));
+    assert.ok(performance.now() - t0 < 8_000, "the takeover waited too long");
+    await assertSameFile(join(S.root, name), data);
+    hang();
+    await sending;
+    await stale.close().catch(() => {});
+  });
+});
+
 // ---------------------------------------------------------------------------
 // Partial TTL
 
