@@ -25,6 +25,7 @@
  */
 import { concat, utf8 } from "./bytes.ts";
 import { AuthError, UsageError } from "./errors.ts";
+import { sizeFlag } from "./cli/flags.ts";
 import {
   fingerprint,
   fromBase64,
@@ -114,15 +115,18 @@ export async function verifyClientAuth(
   return fp;
 }
 
-/** The parsed authorized-clients file: fingerprint -> rights. */
-export type AuthorizedClients = Map<string, Rights>;
+/**
+ * The parsed authorized-clients file: fingerprint -> rights, and in
+ * `quotas` fingerprint -> most bytes of stored files (for `quota=SIZE`).
+ */
+export type AuthorizedClients = Map<string, Rights> & { quotas: Map<string, number> };
 
 /**
  * Parses an authorized-clients file. Throws {@linkcode UsageError} naming the
  * first malformed line.
  */
 export function parseAuthorizedClients(text: string, path: string): AuthorizedClients {
-  const out: AuthorizedClients = new Map();
+  const out = Object.assign(new Map<string, Rights>(), { quotas: new Map<string, number>() });
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
     const hash = lines[i].indexOf("#");
@@ -139,12 +143,26 @@ export function parseAuthorizedClients(text: string, path: string): AuthorizedCl
     let rights: Rights = "rw";
     for (const o of opts) {
       const m = /^rights=(read|write|rw)$/.exec(o);
-      if (!m) throw new UsageError(`${where}: unknown option '${o}' (want rights=read|write|rw)`);
-      rights = m[1] as Rights;
+      const q = /^quota=(.*)$/.exec(o);
+      if (m) rights = m[1] as Rights;
+      else if (q) out.quotas.set(parsed, parseQuota(q[1], where));
+      else {
+        throw new UsageError(
+          `${where}: unknown option '${o}' (want rights=read|write|rw or quota=SIZE)`,
+        );
+      }
     }
     out.set(parsed, rights);
   }
   return out;
+}
+
+function parseQuota(v: string, where: string): number {
+  try {
+    return sizeFlag(v, "quota")!;
+  } catch (err) {
+    throw new UsageError(`${where}: ${(err as Error).message}`);
+  }
 }
 
 /** Reads and parses an authorized-clients file (errors name the file and line). */

@@ -46,6 +46,8 @@ export interface Requester {
   peer: string;
   /** Client identity (key fingerprint; "" when anonymous). */
   who: string;
+  /** Most bytes of stored files this client may own (authorized_clients `quota=`). */
+  quota?: number;
 }
 
 /** Settings the request layer enforces itself (the backend enforces space). */
@@ -79,6 +81,12 @@ export class RequestHandler {
     await this.flush(run).catch(() => {});
   }
 
+  /** Checks the client's quota for an upload; returns what ends the reservation. */
+  #reserve(r: Requester, name: string, size: number): () => void {
+    if (r.quota === undefined) return () => {};
+    return this.#storage.quotas.reserve(r.who, r.quota, name, size);
+  }
+
   #checkSize(name: string, size: number): void {
     const max = this.#limits.maxSize;
     if (max !== undefined && size > max) {
@@ -109,14 +117,17 @@ export class RequestHandler {
       this.#log.info(`${peer} ${what}: failed: ${describeError(err)}`);
     };
     let upload: Upload;
+    let unreserve = () => {};
     try {
       this.#checkSize(req.name, req.size);
+      unreserve = this.#reserve(r, req.name, req.size);
       upload = await this.#storage.beginWrite(req.name, {
         force: req.force,
         size: req.size,
         who,
       });
     } catch (err) {
+      unreserve();
       await drainFile(ch);
       return refuse(err);
     }
@@ -124,6 +135,7 @@ export class RequestHandler {
     try {
       ({ peerSha256 } = await receiveStream(ch, upload, req.size));
     } catch (err) {
+      unreserve();
       if (ch.broken) throw err;
       return refuse(err);
     }
@@ -143,7 +155,10 @@ export class RequestHandler {
         durable: false, // once per folder at the end of the run
       })
     );
-    committed.catch(() => {}); // awaited in the reply step below
+    committed.then(
+      (res) => this.#storage.quotas.wrote(req.name, res.bytes, who, r.quota !== undefined),
+      () => {},
+    ).finally(unreserve);
     run.byKey.set(key, committed);
     run.inflight.push(committed);
     return async () => {
@@ -222,22 +237,22 @@ export class RequestHandler {
           () => storage.mkdir(req.name, { mode: req.mode, mtime: req.mtime }),
         );
       case "symlink":
-        return await simple(
-          `symlink ${q(req.name)} -> ${q(req.target)}`,
-          () => storage.symlink(req.name, req.target, { force: req.force, mtime: req.mtime }),
-        );
+        return await simple(`symlink ${q(req.name)} -> ${q(req.target)}`, async () => {
+          await storage.symlink(req.name, req.target, { force: req.force, mtime: req.mtime });
+          storage.quotas.removed(req.name); // a file it replaced no longer counts
+        });
       case "rm":
-        return await simple(
-          `rm${req.recursive ? " -r" : ""} ${q(req.name)}`,
-          () => storage.remove(req.name, { recursive: req.recursive }),
-        );
+        return await simple(`rm${req.recursive ? " -r" : ""} ${q(req.name)}`, async () => {
+          await storage.remove(req.name, { recursive: req.recursive });
+          storage.quotas.removed(req.name, req.recursive);
+        });
       case "rmdir":
         return await simple(`rmdir ${q(req.name)}`, () => storage.remove(req.name, { dir: true }));
       case "mv":
-        return await simple(
-          `mv ${q(req.from)} ${q(req.to)}`,
-          () => storage.rename(req.from, req.to, { force: req.force }),
-        );
+        return await simple(`mv ${q(req.from)} ${q(req.to)}`, async () => {
+          await storage.rename(req.from, req.to, { force: req.force });
+          storage.quotas.moved(req.from, req.to);
+        });
     }
   }
 
@@ -254,8 +269,10 @@ export class RequestHandler {
     let claim: PartialClaim | null = null;
     let upload: Upload;
     let offset = 0;
+    let unreserve = () => {};
     try {
       this.#checkSize(req.name, req.size);
+      unreserve = this.#reserve(r, req.name, req.size);
       if (req.resume) {
         // Check before the offer: nothing may be created for a refused name.
         await storage.checkWrite(req.name, limits);
@@ -274,6 +291,7 @@ export class RequestHandler {
       });
     } catch (err) {
       claim?.release();
+      unreserve();
       if (err instanceof RemoteError && err.code === "bad-request" && req.resume) {
         ch.markBroken(); // a malformed resume answer: the channel is out of step
       }
@@ -288,6 +306,7 @@ export class RequestHandler {
           expectedSha256: peerSha,
           force: req.force,
         }));
+      storage.quotas.wrote(req.name, res.bytes, who, r.quota !== undefined);
       await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
       if (!claim) await storage.dropPartial(req.name, who); // an older partial is stale now
       this.#log.debug(`${peer} ${what} sha256 sent ${res.peerSha256} received ${res.sha256}`);
@@ -302,6 +321,7 @@ export class RequestHandler {
       return await replyError(err);
     } finally {
       claim?.release();
+      unreserve();
     }
   }
 

@@ -262,7 +262,7 @@ export class EfxServer {
           }
           req = null;
         }
-        const requester = { ch, peer, who: auth.who };
+        const requester = { ch, peer, who: auth.who, quota: auth.quota };
         if (req?.op === "put" && req.pipelined) {
           later(await this.#requests.pipelinedPut(requester, req, run));
         } else if (req) {
@@ -304,7 +304,7 @@ export class EfxServer {
     ch: SecureChannel,
     first: Record<string, unknown> | null,
     peer: string,
-  ): Promise<{ rights: Rights; who: string } | null> {
+  ): Promise<{ rights: Rights; who: string; quota?: number } | null> {
     const log = this.#log;
     const cap = (r: Rights): Rights | null =>
       this.#opts.readOnly ? (r === "write" ? null : "read") : r;
@@ -348,8 +348,13 @@ export class EfxServer {
       );
     }
     await ch.sendMessage({ ok: true, fingerprint: fp, rights });
-    log.info(`${peer} authenticated as ${fp} (${rights})`);
-    return { rights, who: fp };
+    const quota = list?.quotas.get(fp);
+    log.info(
+      `${peer} authenticated as ${fp} (${rights}${
+        quota === undefined ? "" : `, quota ${quota} bytes`
+      })`,
+    );
+    return { rights, who: fp, quota };
   }
 }
 

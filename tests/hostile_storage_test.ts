@@ -389,3 +389,72 @@ Deno.test("hostile: an upload that would leave less than the free-space reserve 
     await assertServing(s, work);
   });
 });
+
+Deno.test("hostile: a per-client quota bounds what one client can store, across restarts", async () => {
+  const keys = await makeWorkDir("efx-hostile-keys-");
+  const root = await makeWorkDir("efx-hostile-root-");
+  const work = await makeWorkDir("efx-hostile-");
+  try {
+    const [small, free] = await Promise.all([clientKey(keys, "small"), clientKey(keys, "free")]);
+    const acl = `${small.fingerprint} rights=rw quota=100K\n${free.fingerprint} rights=rw\n`;
+    const file = async (name: string, size: number) => {
+      const p = join(work, name);
+      await Deno.writeFile(p, new Uint8Array(size).fill(7));
+      return p;
+    };
+    // The root outlives the servers (a later --root overrides the helper's own).
+    const serve = () =>
+      startServer({ args: ["--root", root], perms: "broad", authorizedClients: acl });
+    const s = await serve();
+    try {
+      const c = await connectAs(s, small.path);
+      try {
+        await c.upload(await file("a", 60_000), "a");
+        await assert.rejects(c.upload(await file("b", 60_000), "b"), /exceed your quota/);
+        // Replacing its own file counts only the difference.
+        await c.upload(await file("a2", 90_000), "a", { force: true });
+        // Small files sent back to back (the pipelined path) stop at the quota too.
+        const outcomes: string[] = [];
+        for (let i = 0; i < 3; i++) {
+          const q = await c.uploadQueued(await file(`q${i}`, 5_000), `q${i}`);
+          q.done.then(() => outcomes.push("ok"), (e) => outcomes.push(String(e.message)));
+        }
+        await c.settle().catch(() => {});
+        await waitFor(() => outcomes.length === 3, { what: "three queued uploads" });
+        assert.equal(outcomes.filter((o) => o === "ok").length, 2, outcomes.join("; "));
+        assert.ok(outcomes.some((o) => /exceed your quota/.test(o)), outcomes.join("; "));
+        await c.remove("a");
+        await c.upload(await file("b", 60_000), "b");
+      } finally {
+        await c.close();
+      }
+      // Another client, without a quota, is not limited by it.
+      const f = await connectAs(s, free.path);
+      try {
+        await f.upload(await file("big", 300_000), "big");
+      } finally {
+        await f.close();
+      }
+    } finally {
+      await s.stop();
+    }
+    // After a restart the ledger still knows: b (60 kB) + q0, q1 (10 kB) are owned.
+    const s2 = await serve();
+    try {
+      const c = await connectAs(s2, small.path);
+      try {
+        await assert.rejects(c.upload(await file("c", 40_000), "c"), /exceed your quota/);
+        await c.upload(await file("d", 25_000), "d");
+        await c.channel.sendMessage({ op: "mv", from: "d", to: "e", force: false });
+        assert.equal((await c.channel.recvMessage()).ok, true);
+        await assert.rejects(c.upload(await file("f", 10_000), "f"), /exceed your quota/);
+      } finally {
+        await c.close();
+      }
+    } finally {
+      await s2.stop();
+    }
+  } finally {
+    for (const d of [keys, root, work]) await Deno.remove(d, { recursive: true });
+  }
+});

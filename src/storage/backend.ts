@@ -20,6 +20,7 @@
  * @module
  */
 import type { FileInfo } from "../messages.ts";
+import type { QuotaLedger } from "./quota.ts";
 
 export type { FileInfo };
 export { StorageError, type StorageErrorCode } from "./errors.ts";
@@ -126,4 +127,6 @@ export interface StorageBackend {
   sweepPartials(): Promise<number>;
   /** Makes the commits reported with these sync keys durable. */
   sync(keys: Iterable<string>): Promise<void>;
+  /** Who owns how many bytes, for per-client quotas (kept in the backend's private area). */
+  readonly quotas: QuotaLedger;
 }

@@ -66,6 +66,7 @@ import { compileGlob, type Glob } from "./glob.ts";
 import { LINK_RECORD_MODE, LinkRecords } from "./local_links.ts";
 import { ensurePrivateFolder, type LocalClaim, LocalPartials } from "./local_partials.ts";
 import { checkLinkTarget, checkName, RESERVED_PREFIX } from "./names.ts";
+import { QuotaLedger } from "./quota.ts";
 
 /** Name of the server's own folder inside the root. */
 export const STAGING_DIR = `${RESERVED_PREFIX}staging`;
@@ -103,6 +104,7 @@ export class LocalStorage implements StorageBackend {
   readonly removedTemps: number;
   /** The free-space reserve in force. */
   readonly space: SpaceCheck;
+  readonly quotas: QuotaLedger;
   readonly #links: LinkRecords;
   readonly #partials: LocalPartials;
   /** Declared bytes of uploads under way (counted against free space). */
@@ -116,8 +118,10 @@ export class LocalStorage implements StorageBackend {
     links: LinkRecords,
     partials: LocalPartials,
     space: SpaceCheck,
+    quotas: QuotaLedger,
   ) {
     this.root = root;
+    this.quotas = quotas;
     this.removedTemps = removedTemps;
     this.#links = links;
     this.#partials = partials;
@@ -158,12 +162,18 @@ export class LocalStorage implements StorageBackend {
     }
     const space = probeSpace(real, opts.reserveBytes);
     const removed = await removeTempsUnder(real);
+    const usage = join(staging(), "usage");
+    const quotas = QuotaLedger.open(usage, () => {
+      ensurePrivateFolder(staging());
+      ensurePrivateFolder(usage);
+    });
     return new LocalStorage(
       real,
       removed,
       links,
       new LocalPartials(staging(), opts.partialTtlMs),
       space,
+      quotas,
     );
   }
 
