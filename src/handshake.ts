@@ -207,7 +207,19 @@ export function parseClientKey(body: Uint8Array): Uint8Array<ArrayBuffer> {
   return body.slice(2);
 }
 
-/** Turns a received ALERT body into the matching error. */
+/** Longest part of a handshake alert's text that is shown (the rest becomes "..."). */
+const ALERT_TEXT_SHOWN = 200;
+
+/**
+ * Turns a received ALERT body into the matching error.
+ *
+ * A handshake alert is not authenticated: anyone on the path can send one in
+ * place of SERVER_HELLO or SERVER_FINISHED. So a client shows its text only
+ * as quoted, sanitized, bounded network text, never as the server's words,
+ * and never as an authentication verdict: every handshake alert is exit 1,
+ * whatever its code (only the timeout keeps its own error type). The
+ * server's view (peer "client") names the code as before; it only logs it.
+ */
 export function alertToError(body: Uint8Array, peer: string): EfxError {
   const code = body[0] ?? 0;
   let text: string;
@@ -215,6 +227,12 @@ export function alertToError(body: Uint8Array, peer: string): EfxError {
     text = sanitize(utf8Decoder.decode(body.subarray(1)));
   } catch {
     text = "(unreadable message)";
+  }
+  if (peer === "server") {
+    const shown = text.length > ALERT_TEXT_SHOWN ? text.slice(0, ALERT_TEXT_SHOWN) + "..." : text;
+    const msg = `server refused the handshake before authentication ` +
+      `(unverified message from the network: ${JSON.stringify(shown)})`;
+    return code === AlertCode.TIMEOUT ? new TimeoutError(msg) : new ProtocolError(msg);
   }
   const msg = `${peer} refused the handshake: ${text}`;
   if (code === AlertCode.AUTH) return new AuthError(msg);
