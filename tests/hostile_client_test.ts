@@ -16,8 +16,11 @@
  *   --allow-write --allow-run --allow-env --allow-sys tests/hostile_client_test.ts
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { AuthError } from "../src/errors.ts";
 import { AlertCode, encodeAlert } from "../src/handshake.ts";
+import { askYesNo, makeServerVerifier } from "../src/trust.ts";
 import { Mitm, type Tamper } from "./helpers/mitm.ts";
 import { assertExit, efx, makeWorkDir, startServer, type TestServer } from "./helpers/server.ts";
 
@@ -93,4 +96,156 @@ Deno.test("9: the unverified alert text is sanitized, quoted and bounded", async
   } finally {
     await mitm.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Finding 10: known_servers parsing, the subcommand, the prompt
+
+function fp(spki: Uint8Array): string {
+  return "SHA256:" + createHash("sha256").update(spki).digest("base64").replace(/=+$/, "");
+}
+
+const KEY_A = new Uint8Array(294).fill(1);
+const KEY_B = new Uint8Array(294).fill(2);
+
+async function knownFile(text: string): Promise<string> {
+  const file = join(await scratch(), "known_servers");
+  await Deno.writeTextFile(file, text);
+  return file;
+}
+
+Deno.test("10: a trailing comment keeps the entry: another key is refused even with acceptNew", async () => {
+  const file = await knownFile(`# my servers\nh:1 ${fp(KEY_A)} # laptop\nh:2 ${fp(KEY_A)}#x\n`);
+  const warnings: string[] = [];
+  const verify = makeServerVerifier({
+    knownServersFile: file,
+    acceptNew: true,
+    warn: (t) => warnings.push(t),
+  });
+  assert.equal((await verify("h:1", KEY_A)).status, "known");
+  // "#" starts a comment at the start of a line or after a space only; glued
+  // to the fingerprint it makes the line malformed, which stops h:2.
+  await assert.rejects(verify("h:2", KEY_A), /line 3: malformed entry for h:2/);
+  await assert.rejects(verify("h:1", KEY_B), (err: unknown) => {
+    assert.ok(err instanceof AuthError);
+    assert.match(err.message, /server key for h:1 has changed/);
+    return true;
+  });
+  assert.ok(!(await Deno.readTextFile(file)).includes(fp(KEY_B)), "the other key was not added");
+});
+
+Deno.test("10: a malformed line naming the server fails the connection (file and line named); others are skipped", async () => {
+  const file = await knownFile(
+    [`other:1 SHA256:short`, `h:1 ${fp(KEY_A)} extra`, `h:2 ${fp(KEY_B)}`].join("\n") + "\n",
+  );
+  const warnings: string[] = [];
+  const verify = makeServerVerifier({
+    knownServersFile: file,
+    acceptNew: true,
+    warn: (t) => warnings.push(t),
+  });
+  await assert.rejects(verify("H:1", KEY_B), (err: unknown) => {
+    assert.ok(err instanceof AuthError, String(err));
+    assert.equal(
+      err.message,
+      `${file} line 2: malformed entry for h:1; fix or remove that line ` +
+        `(efx known-servers remove h:1)`,
+    );
+    return true;
+  });
+  assert.equal((await Deno.readTextFile(file)).split("\n").length, 4, "nothing appended");
+  // A malformed line about another server is only a warning.
+  assert.equal((await verify("h:2", KEY_B)).status, "known");
+  assert.ok(
+    warnings.some((w) => w.includes(`${file} line 1: malformed entry ignored`)),
+    warnings.join("\n"),
+  );
+});
+
+Deno.test("10: CLI: a commented entry with another key makes --accept-new refuse (exit 3)", async () => {
+  const dir = await scratch();
+  const file = join(dir, "known_servers");
+  await Deno.writeTextFile(file, `127.0.0.1:${S.port} ${fp(KEY_A)}   # the old key\n`);
+  const r = await efx(
+    ["ls", "--server", `127.0.0.1:${S.port}`, "--known-servers", file, "--accept-new"],
+    { cwd: dir },
+  );
+  assertExit(r, 3);
+  assert.match(r.stderr, /WARNING: SERVER KEY HAS CHANGED/);
+  assert.equal(
+    await Deno.readTextFile(file),
+    `127.0.0.1:${S.port} ${fp(KEY_A)}   # the old key\n`,
+    "file untouched",
+  );
+});
+
+Deno.test("10: efx known-servers list and remove", async () => {
+  const dir = await scratch();
+  const file = join(dir, "known_servers");
+  const text = [
+    "# kept comment",
+    `h:1 ${fp(KEY_A)} # laptop`,
+    `other:7 ${fp(KEY_B)}`,
+    `H:1 ${fp(KEY_B)}`,
+    `[::1]:9000 ${fp(KEY_A)}`,
+    "",
+  ].join("\n");
+  await Deno.writeTextFile(file, text, { mode: 0o600 });
+  const list = await efx(["known-servers", "list", "--known-servers", file], { cwd: dir });
+  assertExit(list, 0);
+  assert.deepEqual(list.stdout.trim().split("\n"), [
+    `h:1 ${fp(KEY_A)}`,
+    `other:7 ${fp(KEY_B)}`,
+    `H:1 ${fp(KEY_B)}`,
+    `[::1]:9000 ${fp(KEY_A)}`,
+  ]);
+  // Default subcommand is list; EFX_HOME picks the file.
+  const viaEnv = await efx(["known-servers"], { cwd: dir, env: { EFX_HOME: dir } });
+  assertExit(viaEnv, 0);
+  assert.equal(viaEnv.stdout, list.stdout);
+
+  const rm = await efx(["known-servers", "remove", "h:1", "--known-servers", file], { cwd: dir });
+  assertExit(rm, 0);
+  assert.match(rm.stderr, new RegExp(`removed 2 entries for h:1 from ${file}`));
+  assert.equal(
+    await Deno.readTextFile(file),
+    ["# kept comment", `other:7 ${fp(KEY_B)}`, `[::1]:9000 ${fp(KEY_A)}`, ""].join("\n"),
+  );
+  assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
+  // A bare host removes it on every port; IPv6 in brackets or not.
+  const rm6 = await efx(["known-servers", "remove", "::1", "--known-servers", file], { cwd: dir });
+  assertExit(rm6, 0);
+  assert.equal(
+    await Deno.readTextFile(file),
+    ["# kept comment", `other:7 ${fp(KEY_B)}`, ""].join("\n"),
+  );
+  const none = await efx(["known-servers", "remove", "h:1", "--known-servers", file], { cwd: dir });
+  assertExit(none, 1);
+  assert.equal(oneLine(none.stderr), `efx: no entry for h:1 in ${file}`);
+  const bad = await efx(["known-servers", "frobnicate"], { cwd: dir });
+  assertExit(bad, 2);
+  const help = await efx(["help"], { cwd: dir });
+  assert.match(help.stdout, /efx known-servers \[list\|remove HOST\]/);
+});
+
+Deno.test("10: the trust prompt wants 'yes'; 'y' is asked again, then declined", async () => {
+  const run = async (answers: (string | null)[]) => {
+    const asked: string[] = [];
+    const result = await askYesNo("Trust it (yes/no)?", {
+      write: (t) => asked.push(t),
+      readLine: () => Promise.resolve(answers.shift() ?? null),
+    });
+    return { result, asked, left: answers.length };
+  };
+  assert.equal((await run(["yes"])).result, true);
+  assert.equal((await run([" YES "])).result, true);
+  assert.equal((await run(["no"])).result, false);
+  assert.equal((await run([null])).result, false);
+  const y = await run(["y", "yes"]);
+  assert.equal(y.result, true);
+  assert.equal(y.asked.length, 2);
+  assert.match(y.asked[1], /Please type 'yes' or 'no'/);
+  const ys = await run(["y", "y", "y", "y", "yes"]);
+  assert.equal(ys.result, false, "three wrong answers are a no");
+  assert.equal(ys.left, 2);
 });
