@@ -92,7 +92,16 @@ export interface CreateOptions {
    * then worthless and removed). Use {@linkcode AtomicWriter.discard} to
    * drop it.
    */
-  partial?: { path: string; offset: number };
+  partial?: {
+    path: string;
+    offset: number;
+    /**
+     * Opens (or creates) the partial for reading and writing; by default a
+     * plain open with create. The client passes one that refuses anything
+     * but a regular file of its own (see resume.ts `openLocalPartial`).
+     */
+    open?: () => Promise<Deno.FsFile>;
+  };
 }
 
 /** The final file already exists and `force` was not given. */
@@ -206,8 +215,10 @@ export class AtomicWriter {
     label: string,
     mapError: (err: unknown) => unknown,
   ): Promise<AtomicWriter> {
-    const { path, offset } = opts.partial!;
-    const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+    const { path, offset, open } = opts.partial!;
+    const file = open
+      ? await open()
+      : await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
     try {
       if (!file.tryLockSync(true)) {
         throw new EfxError(`cannot write ${label}: another transfer is using its partial copy`);
@@ -282,9 +293,16 @@ export class AtomicWriter {
         this.#keep = false; // a partial that hashes wrong is worthless
         throw new IntegrityError(`file hash mismatch: sent ${expected}, received ${sha256}`);
       }
+      // The temp name must still be the file we wrote: chmod goes by name,
+      // and must never follow a link swapped in (a shared folder).
+      const named = Deno.lstatSync(this.tempPath);
+      const open = file.statSync();
+      if (named.isSymlink || named.dev !== open.dev || named.ino !== open.ino) {
+        throw new EfxError(`cannot write ${this.#label}: its temp file was replaced while written`);
+      }
       Deno.chmodSync(this.tempPath, (opts.mode ?? 0o644) & 0o777);
       if (opts.mtime && !Number.isNaN(opts.mtime.getTime())) {
-        Deno.utimeSync(this.tempPath, new Date(), opts.mtime);
+        file.utimeSync(new Date(), opts.mtime);
       }
       if (opts.force ?? this.#force) {
         Deno.renameSync(this.tempPath, this.finalPath);

@@ -22,7 +22,15 @@ import { AuthError } from "../src/errors.ts";
 import { AlertCode, encodeAlert } from "../src/handshake.ts";
 import { askYesNo, makeServerVerifier } from "../src/trust.ts";
 import { Mitm, type Tamper } from "./helpers/mitm.ts";
-import { assertExit, efx, makeWorkDir, startServer, type TestServer } from "./helpers/server.ts";
+import {
+  assertExit,
+  clientArgs,
+  efx,
+  makeWorkDir,
+  randomFile,
+  startServer,
+  type TestServer,
+} from "./helpers/server.ts";
 
 const S: TestServer = await startServer();
 const WORK = await makeWorkDir("efx-hostile-client-");
@@ -248,4 +256,125 @@ Deno.test("10: the trust prompt wants 'yes'; 'y' is asked again, then declined",
   const ys = await run(["y", "y", "y", "y", "yes"]);
   assert.equal(ys.result, false, "three wrong answers are a no");
   assert.equal(ys.left, 2);
+});
+
+// ---------------------------------------------------------------------------
+// Finding 11: planted partial files
+
+/** Uploads `size` random bytes as `name`; returns their content. */
+async function serverFile(name: string, size: number): Promise<Uint8Array> {
+  const dir = await scratch();
+  const path = join(dir, name);
+  await randomFile(path, size);
+  const r = await efx(["upload", path, "--force", ...clientArgs(S)], { cwd: dir });
+  assertExit(r, 0, "setup upload");
+  return await Deno.readFile(path);
+}
+
+async function plantAndDownload(
+  plant: (partial: string, dir: string) => Promise<void>,
+  extra: string[] = [],
+) {
+  await serverFile("planted.bin", 70_000);
+  const dir = await scratch();
+  const victim = join(dir, "victim.txt");
+  await Deno.writeTextFile(victim, "precious data, not to be overwritten\n");
+  const partial = join(dir, ".got.bin.efx-partial");
+  await plant(partial, dir);
+  const r = await efx(
+    ["download", "planted.bin", "-o", join(dir, "got.bin"), "--resume", ...extra, ...clientArgs(S)],
+    { cwd: dir },
+  );
+  const after = await Deno.readFile(victim);
+  assert.ok(
+    new TextDecoder().decode(after) === "precious data, not to be overwritten\n",
+    `victim overwritten (${after.length} bytes now)\n${r.stderr}`,
+  );
+  return { r, dir, victim, partial };
+}
+
+Deno.test("11: download --resume refuses a partial that is a symlink, and leaves it and its target alone", async () => {
+  const { r, victim, partial } = await plantAndDownload((partial, dir) =>
+    Deno.symlink(join(dir, "victim.txt"), partial)
+  );
+  assertExit(r, 1);
+  assert.match(
+    oneLine(r.stderr),
+    /^efx: refusing to resume .*got\.bin: its partial file .*\.got\.bin\.efx-partial is a symbolic link, not a partial download of ours; remove it and try again$/,
+  );
+  assert.ok((await Deno.lstat(partial)).isSymlink, "the link is left as it was");
+  assert.equal(await Deno.readLink(partial), victim);
+});
+
+Deno.test("11: download --resume does not create the target of a dangling partial symlink", async () => {
+  const { r, dir } = await plantAndDownload((partial, dir) =>
+    Deno.symlink(join(dir, "created-by-efx.txt"), partial)
+  );
+  assertExit(r, 1);
+  assert.match(r.stderr, /is a symbolic link/);
+  await assert.rejects(Deno.lstat(join(dir, "created-by-efx.txt")), Deno.errors.NotFound);
+  await assert.rejects(Deno.lstat(join(dir, "got.bin")), Deno.errors.NotFound);
+});
+
+Deno.test("11: download --resume refuses a partial that is a hard link to another file", async () => {
+  const { r } = await plantAndDownload((partial, dir) =>
+    Deno.link(join(dir, "victim.txt"), partial)
+  );
+  assertExit(r, 1);
+  assert.match(r.stderr, /partial file .* has other names \(hard links\)/);
+});
+
+Deno.test("11: download --resume refuses a partial that is a folder", async () => {
+  const { r } = await plantAndDownload((partial) => Deno.mkdir(partial));
+  assertExit(r, 1);
+  assert.match(r.stderr, /partial file .* is not a regular file/);
+});
+
+Deno.test({
+  name: "11: download --resume refuses a partial owned by another user",
+  ignore: Deno.build.os === "windows" || Deno.uid() !== 0,
+  async fn() {
+    const { r, partial } = await plantAndDownload(async (partial) => {
+      await Deno.writeTextFile(partial, "someone else's bytes");
+      await Deno.chown(partial, 65534, 65534);
+    });
+    assertExit(r, 1);
+    assert.match(r.stderr, /partial file .* belongs to another user \(uid 65534\)/);
+    assert.equal(await Deno.readTextFile(partial), "someone else's bytes");
+  },
+});
+
+Deno.test("11: a genuine partial of ours is still resumed", async () => {
+  const data = await serverFile("genuine.bin", 300_000);
+  const dir = await scratch();
+  await Deno.writeFile(join(dir, ".got.bin.efx-partial"), data.subarray(0, 100_000), {
+    mode: 0o600,
+  });
+  const r = await efx(
+    ["download", "genuine.bin", "-o", join(dir, "got.bin"), "--resume", ...clientArgs(S)],
+    { cwd: dir },
+  );
+  assertExit(r, 0);
+  assert.match(r.stderr + r.stdout, /resumed after 100000 bytes/);
+  assert.deepEqual(await Deno.readFile(join(dir, "got.bin")), data);
+  await assert.rejects(Deno.lstat(join(dir, ".got.bin.efx-partial")), Deno.errors.NotFound);
+});
+
+Deno.test("11: download --force onto a symlink replaces the link, never writes its target", async () => {
+  const data = await serverFile("over.bin", 5000);
+  for (const resume of [[], ["--resume"]]) {
+    const dir = await scratch();
+    const victim = join(dir, "victim.txt");
+    await Deno.writeTextFile(victim, "precious\n");
+    await Deno.symlink(victim, join(dir, "got.bin"));
+    const r = await efx(
+      ["download", "over.bin", "-o", join(dir, "got.bin"), "--force", ...resume, ...clientArgs(S)],
+      { cwd: dir },
+    );
+    assertExit(r, 0);
+    assert.equal(await Deno.readTextFile(victim), "precious\n");
+    const st = await Deno.lstat(join(dir, "got.bin"));
+    assert.ok(st.isFile && !st.isSymlink);
+    assert.deepEqual(await Deno.readFile(join(dir, "got.bin")), data);
+  }
 });
