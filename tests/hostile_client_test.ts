@@ -19,7 +19,18 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { AuthError } from "../src/errors.ts";
-import { AlertCode, encodeAlert } from "../src/handshake.ts";
+import {
+  AlertCode,
+  encodeAlert,
+  encodeClientHello,
+  encodeClientKey,
+  encodeHandshakeMessage,
+  HandshakeType,
+  parseServerHello,
+  readHandshakeMessage,
+} from "../src/handshake.ts";
+import { BufferedReader, writeAll } from "../src/io.ts";
+import { loadPublicKeyFile } from "../src/keys.ts";
 import { askYesNo, makeServerVerifier } from "../src/trust.ts";
 import { Mitm, type Tamper } from "./helpers/mitm.ts";
 import {
@@ -28,6 +39,7 @@ import {
   efx,
   makeWorkDir,
   randomFile,
+  startFakeServer,
   startServer,
   type TestServer,
 } from "./helpers/server.ts";
@@ -376,5 +388,141 @@ Deno.test("11: download --force onto a symlink replaces the link, never writes i
     const st = await Deno.lstat(join(dir, "got.bin"));
     assert.ok(st.isFile && !st.isSymlink);
     assert.deepEqual(await Deno.readFile(join(dir, "got.bin")), data);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Finding 12: one RSA decryption on every key-confirmation failure
+
+interface DecryptCall {
+  algorithm: string;
+  keyType: string;
+  length: number;
+  /** The ciphertext as an integer. */
+  value: bigint;
+}
+
+function toBigInt(bytes: Uint8Array): bigint {
+  let v = 0n;
+  for (const b of bytes) v = (v << 8n) | BigInt(b);
+  return v;
+}
+
+/** Records every crypto.subtle.decrypt call while `fn` runs (the real one still runs). */
+async function spyDecrypt<T>(fn: () => Promise<T>): Promise<{ value: T; calls: DecryptCall[] }> {
+  const subtle = crypto.subtle;
+  const real = subtle.decrypt;
+  const calls: DecryptCall[] = [];
+  Object.defineProperty(subtle, "decrypt", {
+    configurable: true,
+    value: (alg: AlgorithmIdentifier, key: CryptoKey, data: BufferSource) => {
+      calls.push({
+        algorithm: typeof alg === "string" ? alg : alg.name,
+        keyType: key.type,
+        length: data.byteLength,
+        value: toBigInt(
+          data instanceof ArrayBuffer
+            ? new Uint8Array(data)
+            : new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+        ),
+      });
+      return real.call(subtle, alg, key, data);
+    },
+  });
+  try {
+    return { value: await fn(), calls };
+  } finally {
+    delete (subtle as unknown as Record<string, unknown>).decrypt;
+    assert.equal(subtle.decrypt, real);
+  }
+}
+
+/** Runs a client handshake by hand with CLIENT_KEY carrying `ct`; returns the server's answer. */
+async function handshakeWith(port: number, ct: (spki: Uint8Array) => Promise<Uint8Array>) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const reader = new BufferedReader(conn);
+    await writeAll(conn, encodeClientHello(crypto.getRandomValues(new Uint8Array(32))));
+    const sh = await readHandshakeMessage(reader, HandshakeType.SERVER_HELLO, "server");
+    const { spki } = parseServerHello(sh.body);
+    const ck = encodeClientKey(await ct(spki));
+    const cf = encodeHandshakeMessage(HandshakeType.CLIENT_FINISHED, new Uint8Array(32));
+    await writeAll(conn, new Uint8Array([...ck, ...cf]));
+    const head = new Uint8Array(3);
+    await reader.readExact(head, "the answer");
+    const body = new Uint8Array((head[1] << 8) | head[2]);
+    await reader.readExact(body, "the answer");
+    return new Uint8Array([...head, ...body]);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+Deno.test("12: every kind of bad CLIENT_KEY costs the server exactly one RSA-OAEP decryption, then the same alert", async () => {
+  const fake = await startFakeServer(() => Promise.resolve());
+  try {
+    const encryptTo = async (spki: Uint8Array, secret: Uint8Array) => {
+      const pub = await crypto.subtle.importKey(
+        "spki",
+        spki as Uint8Array<ArrayBuffer>,
+        { name: "RSA-OAEP", hash: "SHA-256" },
+        false,
+        ["encrypt"],
+      );
+      return new Uint8Array(
+        await crypto.subtle.encrypt({ name: "RSA-OAEP" }, pub, secret as Uint8Array<ArrayBuffer>),
+      );
+    };
+    const kinds: Record<string, (spki: Uint8Array) => Promise<Uint8Array>> = {
+      "1 byte": () => Promise.resolve(new Uint8Array([7])),
+      "255 bytes": () => Promise.resolve(crypto.getRandomValues(new Uint8Array(255))),
+      "257 bytes": () => Promise.resolve(crypto.getRandomValues(new Uint8Array(257))),
+      "2000 bytes": () => Promise.resolve(new Uint8Array(2000).fill(0xff)),
+      "256 bytes, not OAEP": () => {
+        const b = crypto.getRandomValues(new Uint8Array(256));
+        b[0] = 0;
+        return Promise.resolve(b);
+      },
+      "256 bytes, above the modulus": () => Promise.resolve(new Uint8Array(256).fill(0xff)),
+      "valid, 16-byte secret": (spki) => encryptTo(spki, new Uint8Array(16)),
+      "valid, wrong FINISHED": (spki) => encryptTo(spki, new Uint8Array(32)),
+    };
+    const pub = await crypto.subtle.importKey(
+      "spki",
+      (await loadPublicKeyFile(fake.pubKeyPath)).spki as Uint8Array<ArrayBuffer>,
+      { name: "RSA-OAEP", hash: "SHA-256" },
+      true,
+      ["encrypt"],
+    );
+    const n = toBigInt(
+      Uint8Array.from(
+        atob(
+          String((await crypto.subtle.exportKey("jwk", pub)).n).replace(/-/g, "+").replace(
+            /_/g,
+            "/",
+          ),
+        ),
+        (c) => c.charCodeAt(0),
+      ),
+    );
+    const answers = new Set<string>();
+    for (const [what, ct] of Object.entries(kinds)) {
+      const { value, calls } = await spyDecrypt(() => handshakeWith(fake.port, ct));
+      assert.deepEqual(
+        calls.map(({ value: _, ...rest }) => rest),
+        [{ algorithm: "RSA-OAEP", keyType: "private", length: 256 }],
+        `${what}: one RSA-OAEP decryption of a modulus-sized ciphertext`,
+      );
+      // Below the modulus: the RSA code cannot refuse it before the private-key operation.
+      assert.ok(calls[0].value < n, `${what}: the ciphertext decrypted is below the modulus`);
+      assert.equal(value[0], HandshakeType.ALERT, what);
+      assert.equal(value[3], AlertCode.AUTH, what);
+      answers.add(new TextDecoder().decode(value.subarray(3)));
+    }
+    assert.deepEqual([...answers], ["\x02handshake failed: key confirmation failed"]);
+  } finally {
+    await fake.close();
   }
 });
