@@ -409,7 +409,7 @@ export class EfxClient {
   /** Ends the session in order. */
   async close(): Promise<void> {
     await this.settle();
-    await this.channel.close();
+    await this.channel.closeAndWait(); // the server's answer may report a last failure
   }
 }
 

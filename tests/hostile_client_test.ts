@@ -18,7 +18,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { AuthError } from "../src/errors.ts";
+import { AuthError, EfxError, RemoteError, TimeoutError } from "../src/errors.ts";
 import {
   AlertCode,
   encodeAlert,
@@ -32,10 +32,11 @@ import {
 import { BufferedReader, writeAll } from "../src/io.ts";
 import { loadPublicKeyFile } from "../src/keys.ts";
 import { askYesNo, makeServerVerifier } from "../src/trust.ts";
-import { Mitm, type Tamper } from "./helpers/mitm.ts";
+import { flipBit, Mitm, type Tamper } from "./helpers/mitm.ts";
 import {
   assertExit,
   clientArgs,
+  connectClient,
   efx,
   makeWorkDir,
   randomFile,
@@ -525,4 +526,111 @@ Deno.test("12: every kind of bad CLIENT_KEY costs the server exactly one RSA-OAE
   } finally {
     await fake.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Finding 13: the client waits for the server's CLOSE
+
+Deno.test("13: an integrity failure the server detects on the client's CLOSE is reported (exit 1)", async () => {
+  // c2s records of `efx ls` without an identity: 0 = the ls request, 1 = CLOSE.
+  const mitm = await Mitm.start({
+    target: S.port,
+    tamper: flipBit("c2s", { record: 1, part: "tag" }),
+  });
+  try {
+    const r = await efx(["ls", "--server", mitm.address, "--server-key", S.pubKeyPath], {
+      cwd: await scratch(),
+    });
+    assertExit(r, 1, "the server's alert after our CLOSE must reach the user");
+    assert.match(
+      oneLine(r.stderr),
+      /^efx: server ended the connection: integrity check failed on record 1: data was tampered with, replayed, reordered or dropped$/,
+    );
+  } finally {
+    await mitm.close();
+  }
+});
+
+Deno.test("13: the real server answers the client's CLOSE with its own; close() resolves", async () => {
+  const client = await connectClient(S);
+  await client.list();
+  const t0 = performance.now();
+  await client.close();
+  assert.ok(performance.now() - t0 < 4000, "answered well before the bound");
+  assert.equal(client.channel.broken, true, "closed");
+});
+
+Deno.test("13: close() reports an ALERT the server sends instead of its CLOSE", async () => {
+  const fake = await startFakeServer(async (ch) => {
+    assert.equal(await ch.recvMessageOrClose(), null);
+    await ch.sendAlert("integrity", "last file failed its final check");
+  });
+  try {
+    const client = await connectClient(fake);
+    await assert.rejects(client.close(), (err: unknown) => {
+      assert.ok(err instanceof RemoteError, String(err));
+      assert.equal(err.message, "server ended the connection: last file failed its final check");
+      return true;
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+Deno.test("13: close() waits a bounded time for a server that never answers", async () => {
+  let release = () => {};
+  const held = new Promise<void>((r) => release = r);
+  const fake = await startFakeServer(async (ch) => {
+    assert.equal(await ch.recvMessageOrClose(), null);
+    await held; // never answers the CLOSE while the client waits
+  });
+  try {
+    const client = await connectClient(fake);
+    client.channel.closeTimeoutMs = 300;
+    const t0 = performance.now();
+    await assert.rejects(client.close(), (err: unknown) => {
+      assert.ok(err instanceof TimeoutError, String(err));
+      assert.match(err.message, /server did not confirm the end of the session within 0\.3 s/);
+      return true;
+    });
+    assert.ok(performance.now() - t0 < 5000);
+  } finally {
+    release();
+    await fake.close();
+  }
+});
+
+Deno.test("13: a server that hangs up without CLOSE after ours is a truncation", async () => {
+  const fake = await startFakeServer(async (ch) => {
+    assert.equal(await ch.recvMessageOrClose(), null);
+    ch.abort();
+  });
+  try {
+    const client = await connectClient(fake);
+    await assert.rejects(client.close(), (err: unknown) => {
+      assert.ok(err instanceof EfxError, String(err));
+      assert.match(err.message, /truncated: no close record/);
+      return true;
+    });
+  } finally {
+    await fake.close();
+  }
+});
+
+Deno.test("13: a CLOSE in the middle of a request is still answered by the real server", async () => {
+  // The client gives up half-way through a resumable upload (the server waits
+  // for its resume answer) and closes: the server must still answer CLOSE.
+  const client = await connectClient(S);
+  await client.channel.sendMessage({
+    op: "put",
+    name: "half-way.bin",
+    size: 10,
+    mode: 0o644,
+    mtime: 0,
+    force: true,
+    resume: true,
+  });
+  assert.equal((await client.channel.recvMessage()).ok, true, "the resume offer");
+  client.channel.closeTimeoutMs = 4000;
+  await client.close(); // rejects (TimeoutError) when the CLOSE is not answered
 });
