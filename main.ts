@@ -11,6 +11,7 @@ import { serveCommand } from "./src/commands/serve.ts";
 import { downloadCommand, lsCommand, rmCommand, uploadCommand } from "./src/commands/client.ts";
 import { shellCommand } from "./src/shell.ts";
 import { HELP } from "./src/commands/help.ts";
+import { knownServersCommand } from "./src/commands/known_servers.ts";
 
 const commands: Record<string, (args: string[]) => Promise<number>> = {
   keygen: keygenCommand,
@@ -23,6 +24,7 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   ls: lsCommand,
   rm: rmCommand,
   shell: shellCommand,
+  "known-servers": knownServersCommand,
   help: () => {
     console.log(HELP);
     return Promise.resolve(0);

@@ -95,7 +95,16 @@ export interface CreateOptions {
    * then worthless and removed). Use {@linkcode AtomicWriter.discard} to
    * drop it.
    */
-  partial?: { path: string; offset: number };
+  partial?: {
+    path: string;
+    offset: number;
+    /**
+     * Opens (or creates) the partial for reading and writing; by default a
+     * plain open with create. The client passes one that refuses anything
+     * but a regular file of its own (see resume.ts `openLocalPartial`).
+     */
+    open?: () => Promise<Deno.FsFile>;
+  };
 }
 
 /** The final file already exists and `force` was not given. */
@@ -209,15 +218,19 @@ export class AtomicWriter {
     label: string,
     mapError: (err: unknown) => unknown,
   ): Promise<AtomicWriter> {
-    const { path, offset } = opts.partial!;
-    // Never through a link: an existing partial must be a regular file that
-    // is still the one lstat saw; a missing one is created exclusively.
+    const { path, offset, open } = opts.partial!;
+    // Never through a link: the caller's opener (the client's checks), or an
+    // existing partial that is a regular file still the one lstat saw, or a
+    // missing one created exclusively.
     let file: Deno.FsFile;
-    try {
-      file = openChecked(path, { read: true, write: true }).file;
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-      file = Deno.openSync(path, { read: true, write: true, createNew: true, mode: 0o600 });
+    if (open) file = await open();
+    else {
+      try {
+        file = openChecked(path, { read: true, write: true }).file;
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        file = Deno.openSync(path, { read: true, write: true, createNew: true, mode: 0o600 });
+      }
     }
     try {
       if (!file.tryLockSync(true)) {
@@ -293,8 +306,13 @@ export class AtomicWriter {
         this.#keep = false; // a partial that hashes wrong is worthless
         throw new IntegrityError(`file hash mismatch: sent ${expected}, received ${sha256}`);
       }
-      // The temp name is ours alone (created exclusively, unaddressable by
-      // peers); the mtime goes through the open handle.
+      // The temp name must still be the file we wrote: chmod goes by name,
+      // and must never follow a link swapped in (a shared folder).
+      const named = Deno.lstatSync(this.tempPath);
+      const open = file.statSync();
+      if (named.isSymlink || named.dev !== open.dev || named.ino !== open.ino) {
+        throw new EfxError(`cannot write ${this.#label}: its temp file was replaced while written`);
+      }
       Deno.chmodSync(this.tempPath, (opts.mode ?? 0o644) & (opts.keepSticky ? 0o1777 : 0o777));
       if (opts.mtime && !Number.isNaN(opts.mtime.getTime())) {
         file.utimeSync(new Date(), opts.mtime);

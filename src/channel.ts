@@ -18,7 +18,7 @@
  * @module
  */
 import { utf8, utf8Decoder } from "./bytes.ts";
-import { AuthError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
+import { AuthError, IntegrityError, ProtocolError, RemoteError, TimeoutError } from "./errors.ts";
 import {
   AlertCode,
   clientHandshake,
@@ -84,6 +84,10 @@ export class SecureChannel {
   readonly peer: string;
   /** Milliseconds a receive may wait for the next record (0: no limit). */
   idleTimeoutMs = 0;
+  /** Longest wait in {@linkcode closeAndWait} for the peer's answering CLOSE. */
+  closeTimeoutMs = 5000;
+  /** The peer's CLOSE has arrived. */
+  #peerClosed = false;
 
   private constructor(
     conn: Transport,
@@ -180,8 +184,14 @@ export class SecureChannel {
    * connection without CLOSE is an {@linkcode IntegrityError} (truncation).
    */
   async #next(): Promise<PlainRecord | null> {
+    // The peer sends nothing after its CLOSE: a read after it (e.g. a server
+    // that got CLOSE in the middle of a request) ends at once, so that the
+    // caller goes on to answer the CLOSE instead of waiting for more.
+    if (this.#peerClosed) return null;
     try {
-      return await this.#nextRecord();
+      const rec = await this.#nextRecord();
+      if (rec === null) this.#peerClosed = true;
+      return rec;
     } catch (err) {
       this.#broken = true;
       throw err;
@@ -317,6 +327,50 @@ export class SecureChannel {
       await this.#writer.send(RecordType.CLOSE, 0, new Uint8Array(0));
     } catch { /* already broken: nothing more to say */ }
     this.abort();
+  }
+
+  /**
+   * The client's orderly end: sends CLOSE, then waits (at most
+   * {@linkcode closeTimeoutMs}) for the server's answering CLOSE before it
+   * closes the connection, so that a failure the server detects at the very
+   * end (e.g. in our last records) reaches the user: its ALERT is thrown as
+   * for any receive, an end of the connection without CLOSE is a
+   * truncation ({@linkcode IntegrityError}), no answer in time a
+   * {@linkcode TimeoutError}. Records arriving before it (replies to
+   * requests the caller gave up on) are dropped. When the server's CLOSE
+   * came already, or the channel is broken, this is {@linkcode close}.
+   */
+  async closeAndWait(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#peerClosed || this.#broken) return await this.close();
+    try {
+      await this.#writer.send(RecordType.CLOSE, 0, new Uint8Array(0));
+    } catch {
+      this.abort(); // already broken: nothing more to say
+      return;
+    }
+    const ms = this.closeTimeoutMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const answered = (async () => {
+      while (await this.#next() !== null) { /* a late reply: dropped */ }
+    })();
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(
+          new TimeoutError(
+            `the ${this.peer} did not confirm the end of the session within ${ms / 1000} s`,
+          ),
+        );
+        this.abort();
+      }, ms);
+    });
+    try {
+      await Promise.race([answered, deadline]);
+    } finally {
+      clearTimeout(timer);
+      answered.catch(() => {}); // after a timeout its read fails on the closed connection
+      this.abort();
+    }
   }
 
   /**

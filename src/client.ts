@@ -20,7 +20,7 @@ import { dirname } from "node:path";
 import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
 import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
-import { hashPrefix, localPartialPath, prefixSha256 as prefixSha256Of } from "./resume.ts";
+import { hashPrefix, inspectLocalPartial, localPartialPath, openLocalPartial } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
 import type { FileInfo } from "./messages.ts";
 import { receiveFile, sendBytes, sendFile, type TransferResult } from "./transfer.ts";
@@ -289,12 +289,10 @@ export class EfxClient {
         throw new FileExistsError(`${localPath} already exists (use --force to overwrite)`);
       }
       const part = localPartialPath(localPath);
-      let have = 0;
-      let prefixSha256: string | undefined;
-      try {
-        have = (await Deno.stat(part)).size;
-        if (have > 0) prefixSha256 = await prefixSha256Of(part, have);
-      } catch { /* no partial yet */ }
+      // Only a regular file of ours is read or written (a planted link is refused).
+      const found = await inspectLocalPartial(part, localPath);
+      const have = found?.size ?? 0;
+      const prefixSha256 = found?.prefixSha256;
       await ch.sendMessage({ op: "get", name: remoteName, offset: have, prefixSha256 });
       meta = parseGetReply(await ch.recvMessage());
       offset = typeof meta.offset === "number" ? meta.offset : 0;
@@ -308,7 +306,14 @@ export class EfxClient {
         );
       }
       try {
-        writer = await AtomicWriter.create(localPath, { force, partial: { path: part, offset } });
+        writer = await AtomicWriter.create(localPath, {
+          force,
+          partial: {
+            path: part,
+            offset,
+            open: () => openLocalPartial(part, localPath, { create: true }),
+          },
+        });
       } catch (err) {
         ch.abort(); // the data is already on its way; this connection cannot go on
         throw err;
@@ -404,7 +409,7 @@ export class EfxClient {
   /** Ends the session in order. */
   async close(): Promise<void> {
     await this.settle();
-    await this.channel.close();
+    await this.channel.closeAndWait(); // the server's answer may report a last failure
   }
 }
 

@@ -21,7 +21,8 @@
  *
  * No padding oracle: when the server cannot decrypt CLIENT_KEY it goes on
  * with a random secret, so the failure surfaces exactly like a wrong
- * CLIENT_FINISHED (same alert, same code path, same work).
+ * CLIENT_FINISHED (same alert, same code path, one RSA decryption each,
+ * also for a ciphertext of the wrong length).
  *
  * @module
  */
@@ -207,7 +208,19 @@ export function parseClientKey(body: Uint8Array): Uint8Array<ArrayBuffer> {
   return body.slice(2);
 }
 
-/** Turns a received ALERT body into the matching error. */
+/** Longest part of a handshake alert's text that is shown (the rest becomes "..."). */
+const ALERT_TEXT_SHOWN = 200;
+
+/**
+ * Turns a received ALERT body into the matching error.
+ *
+ * A handshake alert is not authenticated: anyone on the path can send one in
+ * place of SERVER_HELLO or SERVER_FINISHED. So a client shows its text only
+ * as quoted, sanitized, bounded network text, never as the server's words,
+ * and never as an authentication verdict: every handshake alert is exit 1,
+ * whatever its code (only the timeout keeps its own error type). The
+ * server's view (peer "client") names the code as before; it only logs it.
+ */
 export function alertToError(body: Uint8Array, peer: string): EfxError {
   const code = body[0] ?? 0;
   let text: string;
@@ -215,6 +228,12 @@ export function alertToError(body: Uint8Array, peer: string): EfxError {
     text = sanitize(utf8Decoder.decode(body.subarray(1)));
   } catch {
     text = "(unreadable message)";
+  }
+  if (peer === "server") {
+    const shown = text.length > ALERT_TEXT_SHOWN ? text.slice(0, ALERT_TEXT_SHOWN) + "..." : text;
+    const msg = `server refused the handshake before authentication ` +
+      `(unverified message from the network: ${JSON.stringify(shown)})`;
+    return code === AlertCode.TIMEOUT ? new TimeoutError(msg) : new ProtocolError(msg);
   }
   const msg = `${peer} refused the handshake: ${text}`;
   if (code === AlertCode.AUTH) return new AuthError(msg);
@@ -344,6 +363,38 @@ export async function clientHandshake(
   return { send: keys.c2s, recv: keys.s2c, transcriptHash: th, serverSpki: hello.spki };
 }
 
+/** The modulus of each server key, big-endian, without leading zero bytes (computed once per key). */
+const moduli = new WeakMap<ServerPrivateKey, Uint8Array>();
+
+async function modulusOf(key: ServerPrivateKey): Promise<Uint8Array> {
+  let n = moduli.get(key);
+  if (n === undefined) {
+    const pub = await crypto.subtle.importKey(
+      "spki",
+      key.spki as Uint8Array<ArrayBuffer>,
+      { name: "RSA-OAEP", hash: "SHA-256" },
+      true,
+      ["encrypt"],
+    );
+    const b64 = String((await crypto.subtle.exportKey("jwk", pub)).n).replace(/-/g, "+")
+      .replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    let z = 0;
+    while (z < bytes.length - 1 && bytes[z] === 0) z++;
+    n = bytes.slice(z);
+    moduli.set(key, n);
+  }
+  return n;
+}
+
+/** Whether the big-endian `x` is below `n` (same length; both public). */
+function belowModulus(x: Uint8Array, n: Uint8Array): boolean {
+  for (let i = 0; i < n.length; i++) {
+    if (x[i] !== n[i]) return x[i] < n[i];
+  }
+  return false;
+}
+
 /** Options for {@linkcode serverHandshake}. */
 export interface ServerHandshakeOptions {
   key: ServerPrivateKey;
@@ -379,13 +430,27 @@ export async function serverHandshake(
   const th = await sha256(ch.raw, sh, ck.raw);
   // Implicit rejection: a ciphertext that does not decrypt to a 32-byte
   // secret is replaced by a random secret, and the failure shows up only as
-  // the key-confirmation failure below.
+  // the key-confirmation failure below. Every CLIENT_KEY costs exactly one
+  // RSA private-key operation: a ciphertext of the wrong length (which the
+  // RSA code refuses at once, before any modular arithmetic), or of the
+  // right length but not below the modulus (refused at once too), is
+  // replaced by a dummy of the modulus length whose first byte is 0: it is
+  // below the modulus, goes through the whole decryption, and its OAEP
+  // padding then fails as a forged ciphertext's does. Both checks compare
+  // public values only.
+  const n = await modulusOf(opts.key);
+  const usable = ct.length === n.length && belowModulus(ct, n);
+  let input = ct;
+  if (!usable) {
+    input = randomBytes(n.length);
+    input[0] = 0;
+  }
   let secret = randomBytes(SECRET_LEN);
   try {
     const plain = new Uint8Array(
-      await crypto.subtle.decrypt({ name: "RSA-OAEP" }, opts.key.decryptKey, ct),
+      await crypto.subtle.decrypt({ name: "RSA-OAEP" }, opts.key.decryptKey, input),
     );
-    if (plain.length === SECRET_LEN) secret = plain;
+    if (usable && plain.length === SECRET_LEN) secret = plain;
   } catch { /* keep the random secret */ }
   const keys = await deriveSessionKeys(secret, th);
   if (!constantTimeEqual(cf.body, finishedMac(keys.clientFinishedKey, "client", th))) {

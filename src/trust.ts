@@ -13,8 +13,11 @@
  *   otherwise.
  *
  * The known-servers file holds one entry per line, `<host:port> SHA256:<b64>`;
- * `#` comments and blank lines are ignored, and so (with a warning) are
- * malformed lines.
+ * blank lines and `#` comments (whole lines, or after an entry following a
+ * space) are ignored. A malformed line about the server being reached stops
+ * the connection (naming the file and line); other malformed lines are
+ * ignored with a warning. {@linkcode listKnownServers} and
+ * {@linkcode removeKnownServer} back `efx known-servers`.
  *
  * @example
  * ```ts
@@ -28,7 +31,7 @@
  * ```
  * @module
  */
-import { AuthError, UsageError } from "./errors.ts";
+import { AuthError, EfxError, UsageError } from "./errors.ts";
 import { fingerprint as fingerprintOf } from "./keys.ts";
 
 /** Options of {@linkcode makeServerVerifier}. */
@@ -95,39 +98,56 @@ interface KnownEntry {
   line: number;
 }
 
+/** A line that is neither an entry, a comment nor blank. */
+interface MalformedLine {
+  /** Its first field: the server it seems to be about. */
+  server: string;
+  line: number;
+}
+
 interface KnownFile {
   entries: KnownEntry[];
+  malformed: MalformedLine[];
   /** Raw text, to know whether a newline must be added before appending. */
   text: string;
 }
 
-/** Reads and parses the known-servers file; a missing file is empty. */
-async function readKnownServers(
-  file: string,
-  warn: (text: string) => void,
-): Promise<KnownFile> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return { entries: [], text: "" };
-    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
-    throw new AuthError(`cannot read known-servers file ${file}: ${why}`, { cause: err });
-  }
+/** A line without its comment: `#` at its start or after a space starts one. */
+function stripComment(line: string): string {
+  const m = /(^|\s)#/.exec(line);
+  return (m ? line.slice(0, m.index) : line).trim();
+}
+
+/** Parses known-servers text: `<host:port> SHA256:<b64>` per line, `#` comments, blank lines. */
+function parseKnownServers(text: string): { entries: KnownEntry[]; malformed: MalformedLine[] } {
   const entries: KnownEntry[] = [];
+  const malformed: MalformedLine[] = [];
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].trim();
-    if (line === "" || line.startsWith("#")) continue;
+    const line = stripComment(lines[i]);
+    if (line === "") continue;
     const fields = line.split(/\s+/);
     const fp = fields.length === 2 ? normalizeFingerprint(fields[1]) : undefined;
     if (fp === undefined || !fields[1].startsWith("SHA256:")) {
-      warn(`efx: warning: ${file} line ${i + 1}: malformed entry ignored`);
+      malformed.push({ server: fields[0], line: i + 1 });
       continue;
     }
     entries.push({ server: fields[0], fingerprint: fp, line: i + 1 });
   }
-  return { entries, text };
+  return { entries, malformed };
+}
+
+/** Reads and parses the known-servers file; a missing file is empty. */
+async function readKnownServers(file: string): Promise<KnownFile> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return { entries: [], malformed: [], text: "" };
+    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw new AuthError(`cannot read known-servers file ${file}: ${why}`, { cause: err });
+  }
+  return { ...parseKnownServers(text), text };
 }
 
 /** Appends an entry, creating the parent directory and the file (mode 0600). */
@@ -229,7 +249,19 @@ export function makeServerVerifier(opts: TrustOptions): ServerVerifier {
       return { fingerprint, status: "pinned" };
     }
 
-    const known = await readKnownServers(file, warn);
+    const known = await readKnownServers(file);
+    // A line about this server that cannot be read must not make it look
+    // unknown (and so open to --accept-new): it stops the connection.
+    const broken = known.malformed.find((m) => sameServer(m.server, server));
+    for (const m of known.malformed) {
+      if (m !== broken) warn(`efx: warning: ${file} line ${m.line}: malformed entry ignored`);
+    }
+    if (broken !== undefined) {
+      throw new AuthError(
+        `${file} line ${broken.line}: malformed entry for ${broken.server}; fix or remove that line ` +
+          `(efx known-servers remove ${broken.server})`,
+      );
+    }
     const mine = known.entries.filter((e) => sameServer(e.server, server));
     if (mine.some((e) => e.fingerprint === fingerprint)) {
       return { fingerprint, status: "known" };
@@ -331,37 +363,144 @@ export function defaultKnownServersPath(): string {
   return "./keys/known_servers";
 }
 
+/** How {@linkcode askYesNo} talks to the user. */
+export interface PromptIo {
+  /** Shows text (no newline added). */
+  write: (text: string) => void;
+  /** Reads one line without its newline; null at end of input. */
+  readLine: () => Promise<string | null>;
+}
+
+/** Answers other than "yes" or "no" tolerated before the question counts as declined. */
+const PROMPT_TRIES = 3;
+
 /**
- * Asks a yes/no question on the terminal: writes `question` and a space to
- * stderr and reads one line from stdin. Only "yes" or "y" (any case) count as
- * yes; anything else, or end of input, is no.
+ * Asks a yes/no question: only the word `yes` (any case, surrounding space
+ * ignored) trusts; `no`, an empty answer and end of input decline. Anything
+ * else (`y`, a fingerprint, a typo) is asked again with "Please type 'yes'
+ * or 'no'", at most {@linkcode PROMPT_TRIES} times in all, then declined.
+ */
+export async function askYesNo(question: string, io: PromptIo): Promise<boolean> {
+  io.write(question.endsWith(" ") ? question : question + " ");
+  for (let tries = 1;; tries++) {
+    const line = await io.readLine();
+    if (line === null) return false;
+    const answer = line.trim().toLowerCase();
+    if (answer === "yes") return true;
+    if (answer === "no" || answer === "" || tries >= PROMPT_TRIES) return false;
+    io.write("Please type 'yes' or 'no': ");
+  }
+}
+
+/** Reads one line from stdin (at most 4 KiB kept); null at end of input before any byte. */
+async function readStdinLine(): Promise<string | null> {
+  const buf = new Uint8Array(1);
+  const bytes: number[] = [];
+  for (;;) {
+    // One byte at a time: what follows the newline stays in stdin for later prompts.
+    const n = await Deno.stdin.read(buf);
+    if (n === null) {
+      return bytes.length === 0 ? null : new TextDecoder().decode(new Uint8Array(bytes));
+    }
+    if (n === 0) continue;
+    if (buf[0] === 0x0a) break;
+    if (bytes.length < 4096) bytes.push(buf[0]);
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes));
+}
+
+/**
+ * Asks a yes/no question on the terminal (stderr for the question, stdin for
+ * the answer); see {@linkcode askYesNo}: only "yes" trusts.
  *
  * @example
  * ```ts
  * const ask = Deno.stdin.isTerminal() ? askOnTerminal : undefined;
  * ```
  */
-export async function askOnTerminal(question: string): Promise<boolean> {
+export function askOnTerminal(question: string): Promise<boolean> {
   const enc = new TextEncoder();
-  const prompt = enc.encode(question.endsWith(" ") ? question : question + " ");
-  for (let off = 0; off < prompt.length;) off += Deno.stderr.writeSync(prompt.subarray(off));
-  const buf = new Uint8Array(256);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const n = await Deno.stdin.read(buf);
-    if (n === null) break;
-    const nl = buf.subarray(0, n).indexOf(0x0a);
-    chunks.push(buf.slice(0, nl < 0 ? n : nl));
-    total += nl < 0 ? n : nl;
-    if (nl >= 0 || total > 4096) break;
+  return askYesNo(question, {
+    write: (text) => {
+      const b = enc.encode(text);
+      for (let off = 0; off < b.length;) off += Deno.stderr.writeSync(b.subarray(off));
+    },
+    readLine: readStdinLine,
+  });
+}
+
+/** One entry of the known-servers file, as `efx known-servers list` shows it. */
+export interface KnownServer {
+  server: string;
+  fingerprint: string;
+  line: number;
+}
+
+/**
+ * The entries of a known-servers file, in file order, and the line numbers
+ * of malformed lines. A missing file has none.
+ */
+export async function listKnownServers(
+  file: string,
+): Promise<{ entries: KnownServer[]; malformed: number[]; exists: boolean }> {
+  const known = await readKnownServers(file);
+  let exists = true;
+  if (known.text === "") {
+    try {
+      await Deno.lstat(file);
+    } catch {
+      exists = false;
+    }
   }
-  const line = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    line.set(c, at);
-    at += c.length;
+  return { entries: known.entries, malformed: known.malformed.map((m) => m.line), exists };
+}
+
+/** The host part of a server label: `h` of `h:p`, `v6` of `[v6]:p`. */
+function hostOf(label: string): string {
+  const v6 = /^\[([^\]]*)\](:\d+)?$/.exec(label);
+  if (v6) return v6[1];
+  const colon = label.lastIndexOf(":");
+  return colon > 0 && /^\d+$/.test(label.slice(colon + 1)) ? label.slice(0, colon) : label;
+}
+
+/**
+ * Removes every line about `host` from the known-servers file (as
+ * `ssh-keygen -R`): a full label `host:port` / `[v6]:port` matches that label
+ * (any case), a bare host name or address matches it on every port.
+ * Malformed lines about it go too; comments and other lines stay as they
+ * are. The file is rewritten through a temp file (mode 0600) and renamed.
+ * Returns how many lines were removed (0: the file is not touched).
+ */
+export async function removeKnownServer(file: string, host: string): Promise<number> {
+  const fullLabel = /^(\[[^\]]+\]|[^:\[\]\s]+):\d+$/.test(host);
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  const matches = (label: string) =>
+    fullLabel ? sameServer(label, host) : sameServer(hostOf(label), bare);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return 0;
+    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw new EfxError(`cannot read known-servers file ${file}: ${why}`, undefined, { cause: err });
   }
-  const answer = new TextDecoder().decode(line).trim().toLowerCase();
-  return answer === "yes" || answer === "y";
+  const lines = text.split("\n");
+  const kept = lines.filter((raw) => {
+    const line = stripComment(raw);
+    return line === "" || !matches(line.split(/\s+/)[0]);
+  });
+  const removed = lines.length - kept.length;
+  if (removed === 0) return 0;
+  const tmp = `${file}.efx-tmp-${crypto.randomUUID()}`;
+  try {
+    await Deno.writeTextFile(tmp, kept.join("\n"), { createNew: true, mode: 0o600 });
+    await Deno.rename(tmp, file);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw new EfxError(`cannot rewrite known-servers file ${file}: ${why}`, undefined, {
+      cause: err,
+    });
+  }
+  return removed;
 }

@@ -283,8 +283,9 @@ async function attackDownload(
 }
 
 // Expected messages.
+/** The server's AUTH alert: unauthenticated, so shown as unverified text, exit 1 (not 3). */
 const SERVER_REFUSED_AUTH =
-  /^efx: server refused the handshake: handshake failed: key confirmation failed$/;
+  /^efx: server refused the handshake before authentication \(unverified message from the network: "handshake failed: key confirmation failed"\)$/;
 const SERVER_SAW_BAD_CONFIRMATION =
   /^handshake failed: client failed key confirmation \(tampered or replayed handshake\)$/;
 const TAMPERED = (seq: number) =>
@@ -323,7 +324,7 @@ Deno.test("attack: a bit flipped in CLIENT_HELLO (nonce, version, magic) fails t
   await attackUpload("CLIENT_HELLO nonce bit flip", {
     tamper: flipBit("c2s", { handshake: 0 }, CH_NONCE),
   }, {
-    code: 3,
+    code: 1,
     client: SERVER_REFUSED_AUTH,
     server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
@@ -334,7 +335,7 @@ Deno.test("attack: a bit flipped in CLIENT_HELLO (nonce, version, magic) fails t
   }, {
     code: 1,
     client:
-      /^efx: server refused the handshake: unsupported protocol version 3; this server speaks 1$/,
+      /^efx: server refused the handshake before authentication \(unverified message from the network: "unsupported protocol version 3; this server speaks 1"\)$/,
     server:
       /^handshake failed: client offered unsupported protocol version 3; this server speaks 1$/,
     handshake: false,
@@ -350,11 +351,11 @@ Deno.test("attack: a bit flipped in CLIENT_HELLO (nonce, version, magic) fails t
   });
 });
 
-Deno.test("attack: a bit flipped in SERVER_HELLO's nonce fails key confirmation (exit 3)", async () => {
+Deno.test("attack: a bit flipped in SERVER_HELLO's nonce fails key confirmation (unverified alert, exit 1)", async () => {
   await attackUpload("SERVER_HELLO nonce bit flip", {
     tamper: flipBit("s2c", { handshake: 0 }, SH_NONCE),
   }, {
-    code: 3,
+    code: 1,
     client: SERVER_REFUSED_AUTH,
     server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
@@ -376,22 +377,22 @@ Deno.test("attack: a bit flipped inside SERVER_HELLO's SPKI: client refuses the 
   assert.equal(session.clientBytes().length, 3 + 38);
 });
 
-Deno.test("attack: a bit flipped in CLIENT_KEY's ciphertext fails key confirmation (exit 3)", async () => {
+Deno.test("attack: a bit flipped in CLIENT_KEY's ciphertext fails key confirmation (unverified alert, exit 1)", async () => {
   await attackUpload("CLIENT_KEY ciphertext bit flip", {
     tamper: flipBit("c2s", { handshake: 1 }, 100),
   }, {
-    code: 3,
+    code: 1,
     client: SERVER_REFUSED_AUTH,
     server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
   });
 });
 
-Deno.test("attack: a bit flipped in CLIENT_FINISHED fails key confirmation (exit 3)", async () => {
+Deno.test("attack: a bit flipped in CLIENT_FINISHED fails key confirmation (unverified alert, exit 1)", async () => {
   await attackUpload("CLIENT_FINISHED bit flip", {
     tamper: flipBit("c2s", { handshake: 2 }, 20),
   }, {
-    code: 3,
+    code: 1,
     client: SERVER_REFUSED_AUTH,
     server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
@@ -503,7 +504,7 @@ Deno.test("attack: bit flips at sampled offsets of every handshake message never
   await assertServing(H, WORK);
 });
 
-Deno.test("attack: an impostor presenting the pinned server's SPKI without its private key (exit 3)", async () => {
+Deno.test("attack: an impostor presenting the pinned server's SPKI without its private key (unverified alert, exit 1)", async () => {
   // The proxy forwards to another real server (another key) but puts the
   // pinned server's public key into SERVER_HELLO: the client trusts the key
   // and encrypts its secret to it; the impostor cannot decrypt it.
@@ -525,7 +526,7 @@ Deno.test("attack: an impostor presenting the pinned server's SPKI without its p
     });
     const line = await endLine(other, session.upstreamPort, since);
     report("impostor with the pinned SPKI", `exit ${r.code}: ${r.stderr.trim()}`, line);
-    assertExit(r, 3, "impostor");
+    assertExit(r, 1, "impostor (its AUTH alert is unverified)");
     assertOneLine(r, SERVER_REFUSED_AUTH, "impostor");
     assert.match(line, SERVER_SAW_BAD_CONFIRMATION);
     assert.equal(handshakeSucceeded(other, session.upstreamPort, since), false);
@@ -588,9 +589,9 @@ Deno.test("attack: a forged handshake ALERT with escape sequences is shown sanit
   const forge: Tamper = (f) =>
     f.dir === "s2c" && f.kind === "handshake" ? [encodeAlert(AlertCode.AUTH, evil)] : "pass";
   await attackUpload("forged handshake ALERT in place of SERVER_HELLO", { tamper: forge }, {
-    code: 3,
+    code: 1,
     client:
-      /^efx: server refused the handshake: \?\[2J\?\]0;pwned\? run: efx --accept-new\?\?\?31m$/,
+      /^efx: server refused the handshake before authentication \(unverified message from the network: "\?\[2J\?\]0;pwned\? run: efx --accept-new\?\?\?31m"\)$/,
     server: /^handshake failed: client closed the connection during the handshake$/,
     handshake: false,
   });
@@ -1197,7 +1198,7 @@ Deno.test("attack: a client dripping 1 byte / 50 ms is dropped at the handshake 
     // The server sends a TIMEOUT alert before it hangs up (older servers just
     // hung up, which the client reports as a closed connection).
     const dropped =
-      /^(server refused the handshake: handshake timed out after 1 s|server closed the connection during the handshake)$/;
+      /^(server refused the handshake before authentication \(unverified message from the network: "handshake timed out after 1 s"\)|server closed the connection during the handshake)$/;
     assertOneLine(r, new RegExp(`^efx: ${dropped.source.slice(1)}`), "drip");
     for (const e of errs) {
       assert.ok(e instanceof EfxError, `in-process dripping client: ${e}`);

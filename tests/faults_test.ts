@@ -802,11 +802,14 @@ Deno.test("--max-connections 3: a 4th client gets 'server busy' (exit 1); after 
         assertExit(r, 1, "4th client");
         assertOneLine(
           r,
-          /^efx: server is busy: too many connections; try again later$/,
+          /^efx: server refused the handshake before authentication \(unverified message from the network: "too many connections; try again later"\)$/,
           "4th client",
         );
         assert.ok(err, "the in-process 4th client was admitted");
-        assert.equal(err.message, "server is busy: too many connections; try again later");
+        assert.equal(
+          err.message,
+          'server refused the handshake before authentication (unverified message from the network: "too many connections; try again later")',
+        );
         assert.equal(line[1], "server busy (3 connections)");
         // The three held connections still work.
         for (const c of held) assert.ok(Array.isArray(await c.list()));

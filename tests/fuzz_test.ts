@@ -364,6 +364,17 @@ Deno.test("fuzz: alertToError always returns the matching EfxError with a saniti
     }
     assert.ok(e instanceof EfxError, `alertToError returned ${e}`);
     const code = body[0] ?? 0;
+    // The client's view: unauthenticated, so never an AuthError; quoted as unverified text.
+    assert.ok(e instanceof (code === 5 ? TimeoutError : ProtocolError), `code ${code}: ${e.name}`);
+    assert.ok(!(e instanceof AuthError), `code ${code} gave an AuthError to the client`);
+    assert.match(
+      e.message,
+      /^server refused the handshake before authentication \(unverified message from the network: ".*"\)$/,
+    );
+    // deno-lint-ignore no-control-regex
+    assert.doesNotMatch(e.message, /[\x00-\x1f\x7f-\x9f]/, `raw control character in ${e.message}`);
+    // The server's view of a client's alert keeps the codes.
+    const s = alertToError(body, "client");
     const want = code === 2
       ? AuthError
       : code === 5
@@ -371,10 +382,10 @@ Deno.test("fuzz: alertToError always returns the matching EfxError with a saniti
       : code === 3
       ? EfxError
       : ProtocolError;
-    assert.ok(e instanceof want, `code ${code} gave ${e.name}`);
-    if (code === 3) assert.equal(e.constructor, EfxError);
+    assert.ok(s instanceof want, `code ${code} gave ${s.name}`);
+    if (code === 3) assert.equal(s.constructor, EfxError);
     // deno-lint-ignore no-control-regex
-    assert.doesNotMatch(e.message, /[\x00-\x1f\x7f-\x9f]/, `raw control character in ${e.message}`);
+    assert.doesNotMatch(s.message, /[\x00-\x1f\x7f-\x9f]/, `raw control character in ${s.message}`);
   }
 });
 

@@ -595,7 +595,8 @@ Deno.test("downgrade: the real server answers a CLIENT_HELLO of another version 
     SecureChannel.client(conn, { verifyServerKey: () => Promise.resolve(), version: 2 }),
     {
       name: "ProtocolError",
-      message: "server refused the handshake: unsupported protocol version 2; this server speaks 1",
+      message:
+        'server refused the handshake before authentication (unverified message from the network: "unsupported protocol version 2; this server speaks 1")',
     },
   );
 });

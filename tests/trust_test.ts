@@ -304,8 +304,14 @@ Deno.test("malformed lines are ignored with a warning naming the line number", a
       assert.ok(lines[i].includes(env.file));
       assert.match(lines[i], /malformed/);
     }
-    // A malformed line for h:1 does not make h:1 "known" nor "changed": it is unknown.
-    await assert.rejects(verify("h:1", KEY_A), /unknown server h:1/);
+    // A malformed line for h:1 makes h:1 neither "known" nor "unknown" (which
+    // --accept-new would accept): the connection stops, naming the line.
+    await assert.rejects(
+      verify("h:1", KEY_A),
+      (err: unknown) =>
+        err instanceof AuthError &&
+        err.message.startsWith(`${env.file} line 4: malformed entry for h:1;`),
+    );
   });
 });
 

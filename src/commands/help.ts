@@ -15,6 +15,7 @@ usage:
   efx download NAME... [-o PATH] [--force]
   efx ls [PATTERN] [-r]
   efx rm NAME...
+  efx known-servers [list|remove HOST]   trusted server keys; remove forgets one
   efx [shell]                       interactive prompt: put, get, ls, rm, help, quit
 
 Client commands take: --server HOST:PORT (default $EFX_SERVER or localhost:9000),
