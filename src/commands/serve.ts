@@ -17,8 +17,9 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --root DIR             storage folder, created if missing (default ./storage)
   --key FILE             server private key, made if missing (default keys/server.key.pem)
   --max-size SIZE        largest upload accepted, e.g. 10G (default: no limit)
-  --max-connections N    connections at once (default 256); when full, the oldest one
-                         not yet authenticated is closed, else newcomers get "server busy"
+  --max-connections N    connections at once (default 256); when full, the oldest one not
+                         yet authenticated (open server: still in its handshake) is closed,
+                         else newcomers get "server busy"
   --max-per-address N    connections at once from one address, same rule (default 64)
   --max-memory SIZE      memory for incoming records in flight over all connections, e.g.
                          512M (default 256M); beyond it, connections wait
