@@ -31,6 +31,7 @@
  * @module
  */
 import { createHmac } from "node:crypto";
+import { setImmediate } from "node:timers";
 import { constantTimeEqual, u64 } from "./bytes.ts";
 import { EfxError, IntegrityError, ProtocolError } from "./errors.ts";
 import { BufferedReader, type Readable, type Writable, writeAll } from "./io.ts";
@@ -63,7 +64,7 @@ export const PREFETCH_DEPTH = 3;
 export const DEFAULT_MAX_RECORDS = 2n ** 32n;
 /** Body bytes of a large record that must arrive before its buffers are allocated. */
 export const FIRST_CHUNK = 64 * 1024;
-/** A run of records served from the read buffer yields to the event loop after this long. */
+/** A reader busy this long without a macrotask boundary lets others run. */
 const YIELD_AFTER_MS = 20;
 
 /** The two keys of one direction. */
@@ -398,15 +399,17 @@ export class RecordWriter {
  * consumer's, one at a time per connection. While waiting, the reader holds
  * nothing of the budget (no hold-and-wait, so no deadlock between readers).
  *
- * Fairness: a run of records served from the read buffer without waiting
- * for the network yields to the event loop every {@linkcode YIELD_AFTER_MS}.
+ * Fairness: reads that complete at once (records already buffered) go on in
+ * microtasks, which would keep timers and other connections waiting; so
+ * every {@linkcode YIELD_AFTER_MS} the reader yields to the event loop
+ * (setImmediate: a few microseconds, no timer clamping).
  */
 export class RecordReader {
   #opener: RecordOpener;
   #in: BufferedReader;
   #cancel = new AbortController();
-  /** Start of the current run of records served from the buffer (0: none). */
-  #runSince = 0;
+  /** When this reader last yielded to the event loop. */
+  #lastYield = performance.now();
 
   constructor(opener: RecordOpener, input: BufferedReader | Readable) {
     this.#opener = opener;
@@ -439,7 +442,6 @@ export class RecordReader {
     if (!(await this.#in.readExactOrEof(header, "a record header"))) return null;
     const rec = this.#opener.begin(header);
     const total = rec.length + TAG_LEN;
-    this.#runSince = this.#in.buffered >= total ? this.#runSince || performance.now() : 0;
     const budget = this.#opener.budget;
     let first: Uint8Array | null = null;
     try {
@@ -482,11 +484,12 @@ export class RecordReader {
     }
   }
 
-  /** Yields to the event loop when records have come from the buffer for a while. */
+  /** Yields to the event loop once {@linkcode YIELD_AFTER_MS} have passed since the last time. */
   async #fair(): Promise<void> {
-    if (this.#runSince && performance.now() - this.#runSince > YIELD_AFTER_MS) {
-      this.#runSince = 0;
-      await new Promise((r) => setTimeout(r, 0));
+    const now = performance.now();
+    if (now - this.#lastYield > YIELD_AFTER_MS) {
+      await new Promise((r) => setImmediate(r));
+      this.#lastYield = performance.now();
     }
   }
 }

@@ -16,7 +16,14 @@ import { SecureChannel } from "../src/channel.ts";
 import { EfxClient } from "../src/client.ts";
 import { writeKeyPair } from "../src/keys.ts";
 import { ConnectionSlots, MemoryBudget, type Slot } from "../src/limits.ts";
-import { encodeHeader, MAX_RECORD_BODY, RecordType } from "../src/record.ts";
+import {
+  encodeHeader,
+  MAX_RECORD_BODY,
+  RecordOpener,
+  RecordReader,
+  RecordSealer,
+  RecordType,
+} from "../src/record.ts";
 import { sendBytes } from "../src/transfer.ts";
 import { makeServerVerifier } from "../src/trust.ts";
 import { assertServing, makeWorkDir, startServer, type TestServer } from "./helpers/server.ts";
@@ -179,6 +186,44 @@ Deno.test("ConnectionSlots: a full cap evicts the oldest connection not admitted
   a2.release();
   a2.release(); // idempotent
   assert.equal(slots.size, 2);
+});
+
+Deno.test("RecordReader: a long run of records that are already there lets timers (and other connections) run", async () => {
+  const keys = { enc: new Uint8Array(32).fill(1), mac: new Uint8Array(32).fill(2) };
+  const sealer = await RecordSealer.create(keys);
+  const N = 8000;
+  const frames: Uint8Array[] = [];
+  for (let i = 0; i < N; i++) frames.push(await sealer.seal(RecordType.MSG, 0, new Uint8Array(16)));
+  const wire = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+  let o = 0;
+  for (const f of frames) {
+    wire.set(f, o);
+    o += f.length;
+  }
+  // Every read completes at once (a peer that filled the socket buffer).
+  let pos = 0;
+  const source = {
+    read(p: Uint8Array): Promise<number | null> {
+      if (pos >= wire.length) return Promise.resolve(null);
+      const n = Math.min(p.length, wire.length - pos);
+      p.set(wire.subarray(pos, pos + n));
+      pos += n;
+      return Promise.resolve(n);
+    },
+  };
+  const reader = new RecordReader(await RecordOpener.create(keys), source);
+  let read = 0;
+  let readWhenTimerRan = -1;
+  const timer = setTimeout(() => readWhenTimerRan = read, 0);
+  const t0 = performance.now();
+  while (await reader.next()) read++;
+  clearTimeout(timer);
+  const ms = performance.now() - t0;
+  assert.equal(read, N);
+  assert.ok(
+    readWhenTimerRan >= 0 && readWhenTimerRan < N,
+    `a 0 ms timer waited until all ${N} records (${ms.toFixed(0)} ms) were read`,
+  );
 });
 
 // ---------------------------------------------------------------------------
