@@ -31,6 +31,7 @@ import {
 import { BufferedReader } from "./io.ts";
 import { sanitize } from "./bytes.ts";
 import type { ServerPrivateKey } from "./keys.ts";
+import type { MemoryBudget } from "./limits.ts";
 import {
   DEFAULT_MAX_RECORDS,
   FLAG_END,
@@ -63,6 +64,12 @@ export interface ChannelOptions {
   handshakeTimeoutMs?: number;
   /** Records per direction before the channel refuses to go on (tests lower it). */
   maxRecords?: bigint;
+  /** Receive side: shared bound on large-record memory (see limits.ts; default none). */
+  budget?: MemoryBudget;
+  /** Receive side: largest record body accepted at first (default 1 MiB; see {@linkcode SecureChannel.setReceiveLimits}). */
+  maxBody?: number;
+  /** Receive side: compute keystreams of incoming data streams ahead (default true). */
+  prefetch?: boolean;
 }
 
 /** A message the peer sends when it gives up: machine code plus human text. */
@@ -127,7 +134,12 @@ export class SecureChannel {
     }
     const max = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
     const sealer = await RecordSealer.create(hs.send, max);
-    const opener = await RecordOpener.create(hs.recv, { maxRecords: max });
+    const opener = await RecordOpener.create(hs.recv, {
+      maxRecords: max,
+      budget: opts.budget,
+      maxBody: opts.maxBody,
+      prefetch: opts.prefetch,
+    });
     const out = {
       idleMs: () => 0,
       // A peer that stops reading must not hold us forever: a write that
@@ -166,6 +178,15 @@ export class SecureChannel {
     opts: ChannelOptions & { key: ServerPrivateKey },
   ): Promise<SecureChannel> {
     return SecureChannel.#establish(conn, opts, "client", (r) => serverHandshake(conn, r, opts));
+  }
+
+  /**
+   * Changes the receive limits: the largest record body accepted and
+   * whether keystreams are computed ahead (a server raises both once the
+   * peer is admitted).
+   */
+  setReceiveLimits(limits: { maxBody: number; prefetch: boolean }): void {
+    this.#reader.setLimits(limits);
   }
 
   /** Sends one control message (a JSON object). */
@@ -390,6 +411,7 @@ export class SecureChannel {
   /** Closes the connection at once. */
   abort(): void {
     this.#broken = true;
+    this.#reader.cancel(); // a wait for memory ends; what was reserved is returned
     if (this.#closed) return;
     this.#closed = true;
     safeClose(this.#conn);

@@ -15,6 +15,13 @@
  *   replayed, dropped, duplicated or reordered record fails its tag;
  * - the length is checked against the limit before the body is read or any
  *   buffer for it is allocated;
+ * - memory follows the bytes that arrived, not the length announced: a body
+ *   above {@linkcode SMALL_RECORD} gets its buffer and keystream only once
+ *   its first {@linkcode FIRST_CHUNK} bytes are in, after reserving them
+ *   from the shared {@linkcode MemoryBudget} (limits.ts; waiting, and so
+ *   not reading, while it is spent); keystreams of later records are
+ *   computed ahead only once a record has fully arrived, only when allowed
+ *   (not before a connection is admitted) and only when the budget has room;
  * - a key set protects at most `maxRecords` records; beyond that the channel
  *   fails (no rekeying: reconnect);
  * - truncation: a stream of DATA records ends with the END flag and a
@@ -24,10 +31,12 @@
  * @module
  */
 import { createHmac } from "node:crypto";
+import { setImmediate } from "node:timers";
 import { constantTimeEqual, u64 } from "./bytes.ts";
 import { EfxError, IntegrityError, ProtocolError } from "./errors.ts";
 import { BufferedReader, type Readable, type Writable, writeAll } from "./io.ts";
 import { Keystream, xorInto } from "./keystream.ts";
+import { type MemoryBudget, SMALL_RECORD } from "./limits.ts";
 import { give, take } from "./pool.ts";
 
 /** Record types. */
@@ -53,6 +62,10 @@ export const MAX_RECORD_BODY = 1 << 20;
 export const PREFETCH_DEPTH = 3;
 /** Records per direction and key set before the channel refuses to go on. */
 export const DEFAULT_MAX_RECORDS = 2n ** 32n;
+/** Body bytes of a large record that must arrive before its buffers are allocated. */
+export const FIRST_CHUNK = 64 * 1024;
+/** A reader busy this long without a macrotask boundary lets others run. */
+const YIELD_AFTER_MS = 20;
 
 /** The two keys of one direction. */
 export interface DirectionKeys {
@@ -165,32 +178,63 @@ export class RecordSealer {
   }
 }
 
+/** A record whose header was checked, while its body is read. */
+export interface OpenRecord {
+  type: RecordType;
+  flags: number;
+  length: number;
+  seq: bigint;
+  header: Uint8Array;
+  /** Its keystream, once started. */
+  stream: Promise<Uint8Array> | undefined;
+  /** Bytes of the budget it holds (released by whoever reads it). */
+  reserved: number;
+}
+
 /** Opens records for one direction, in order. */
 export class RecordOpener {
   #ks: Keystream;
   #mac: Uint8Array;
   #seq = 0n;
   #max: bigint;
-  #maxBody: number;
-  /** Keystreams computed ahead for the next records of a data stream, by seq. */
-  #prefetch = new Map<bigint, { length: number; stream: Promise<Uint8Array> }>();
+  /** Largest body accepted (lowered before a connection is admitted). */
+  maxBody: number;
+  /** Whether keystreams of later records may be computed ahead. */
+  prefetch: boolean;
+  /** Shared bound on large-record memory; null: none (e.g. the client side). */
+  readonly budget: MemoryBudget | null;
+  /**
+   * Keystreams computed ahead for the next records of a data stream, by seq,
+   * with the bytes each holds of the budget.
+   */
+  #prefetch = new Map<
+    bigint,
+    { length: number; stream: Promise<Uint8Array>; reserved: number }
+  >();
 
-  private constructor(ks: Keystream, mac: Uint8Array, max: bigint, maxBody: number) {
+  private constructor(
+    ks: Keystream,
+    mac: Uint8Array,
+    max: bigint,
+    opts: { maxBody?: number; prefetch?: boolean; budget?: MemoryBudget },
+  ) {
     this.#ks = ks;
     this.#mac = mac;
     this.#max = max;
-    this.#maxBody = maxBody;
+    this.maxBody = opts.maxBody ?? MAX_RECORD_BODY;
+    this.prefetch = opts.prefetch ?? true;
+    this.budget = opts.budget ?? null;
   }
 
   static async create(
     keys: DirectionKeys,
-    opts: { maxRecords?: bigint; maxBody?: number } = {},
+    opts: { maxRecords?: bigint; maxBody?: number; prefetch?: boolean; budget?: MemoryBudget } = {},
   ): Promise<RecordOpener> {
     return new RecordOpener(
       await Keystream.create(keys.enc),
       keys.mac,
       opts.maxRecords ?? DEFAULT_MAX_RECORDS,
-      opts.maxBody ?? MAX_RECORD_BODY,
+      opts,
     );
   }
 
@@ -200,31 +244,65 @@ export class RecordOpener {
   }
 
   /**
-   * Checks a header and claims the next sequence number; starts computing the
-   * keystream so that it runs while the body arrives.
+   * Checks a header and claims the next sequence number. A small record's
+   * keystream is started at once, to run while the body arrives; a large
+   * one's comes from the keystreams computed ahead, or is started by
+   * {@linkcode startStream} once body bytes are in (or by finish()).
+   * `reserved` is what the record holds of the budget (a prefetched
+   * keystream's bytes); the caller releases it.
    */
-  begin(header: Uint8Array) {
-    const h = parseHeader(header, this.#maxBody);
+  begin(header: Uint8Array): OpenRecord {
+    const h = parseHeader(header, this.maxBody);
     if (this.#seq >= this.#max) throw limitError(this.#max);
     const seq = this.#seq++;
     const pf = this.#prefetch.get(seq);
     this.#prefetch.delete(seq);
-    const stream = pf && pf.length >= h.length ? pf.stream : this.#ks.generate(seq, h.length);
-    stream.catch(() => {}); // awaited in finish(); never an unhandled rejection
-    if (h.type === RecordType.DATA && !(h.flags & FLAG_END) && h.length >= 65536) {
-      // Data streams send full records back to back: compute the keystreams
-      // of the next few now, in parallel (a prefix serves a shorter record).
-      for (let i = 1n; i <= BigInt(PREFETCH_DEPTH); i++) {
-        const have = this.#prefetch.get(seq + i);
-        if (have && have.length >= h.length) continue;
-        const next = this.#ks.generate(seq + i, h.length);
-        next.catch(() => {});
-        this.#prefetch.set(seq + i, { length: h.length, stream: next });
-      }
-    } else {
-      this.#prefetch.clear();
+    const rec: OpenRecord = { ...h, seq, header, stream: undefined, reserved: 0 };
+    if (pf && pf.length >= h.length) {
+      rec.stream = pf.stream;
+      rec.reserved = pf.reserved;
+    } else if (pf) {
+      this.budget?.release(pf.reserved);
     }
-    return { ...h, seq, header, stream };
+    if (!(h.type === RecordType.DATA && !(h.flags & FLAG_END) && h.length >= 65536)) {
+      this.dropPrefetch(); // the stream ends here: nothing more is coming
+    }
+    if (!rec.stream && h.length <= SMALL_RECORD) this.startStream(rec);
+    return rec;
+  }
+
+  /** Starts computing `rec`'s keystream unless it is under way already. */
+  startStream(rec: OpenRecord): void {
+    if (rec.stream) return;
+    rec.stream = this.#ks.generate(rec.seq, rec.length);
+    rec.stream.catch(() => {}); // awaited in finish(); never an unhandled rejection
+  }
+
+  /**
+   * Called once `rec` has fully arrived: data streams send full records back
+   * to back, so compute the keystreams of the next few now, in parallel (a
+   * prefix serves a shorter record) — when allowed and when the budget has
+   * room for them without waiting.
+   */
+  prefetchAfter(rec: OpenRecord): void {
+    if (!this.prefetch) return;
+    if (!(rec.type === RecordType.DATA && !(rec.flags & FLAG_END) && rec.length >= 65536)) return;
+    for (let i = 1n; i <= BigInt(PREFETCH_DEPTH); i++) {
+      const have = this.#prefetch.get(rec.seq + i);
+      if (have && have.length >= rec.length) continue;
+      if (this.budget && !this.budget.tryAcquire(rec.length)) return;
+      if (have) this.budget?.release(have.reserved);
+      const next = this.#ks.generate(rec.seq + i, rec.length);
+      next.catch(() => {});
+      const reserved = this.budget ? rec.length : 0;
+      this.#prefetch.set(rec.seq + i, { length: rec.length, stream: next, reserved });
+    }
+  }
+
+  /** Forgets the keystreams computed ahead, returning their budget. */
+  dropPrefetch(): void {
+    for (const pf of this.#prefetch.values()) this.budget?.release(pf.reserved);
+    this.#prefetch.clear();
   }
 
   /**
@@ -232,7 +310,7 @@ export class RecordOpener {
    * decrypts in place. Throws {@linkcode IntegrityError} on a bad tag.
    */
   async finish(
-    rec: ReturnType<RecordOpener["begin"]>,
+    rec: OpenRecord,
     bodyAndTag: Uint8Array<ArrayBuffer>,
   ): Promise<PlainRecord> {
     const n = rec.length;
@@ -244,7 +322,8 @@ export class RecordOpener {
       );
     }
     const body = bodyAndTag.subarray(0, n);
-    xorInto(body, (await rec.stream).subarray(0, n));
+    this.startStream(rec);
+    xorInto(body, (await rec.stream!).subarray(0, n));
     return { type: rec.type, flags: rec.flags, body };
   }
 
@@ -307,23 +386,110 @@ export class RecordWriter {
   }
 }
 
-/** Receives records from a connection, in order. */
+/**
+ * Receives records from a connection, in order.
+ *
+ * Memory: a small record (body up to {@linkcode SMALL_RECORD}) is read into
+ * a buffer of its size. A large one is read first into a
+ * {@linkcode FIRST_CHUNK} buffer; only when those bytes are in does it
+ * reserve its buffer and keystream from the opener's budget (waiting, and
+ * not reading, while the budget is spent: TCP then holds the peer back),
+ * allocate them and read the rest. The reservation is returned when the
+ * record has been handed out or failed; a record handed out is the
+ * consumer's, one at a time per connection. While waiting, the reader holds
+ * nothing of the budget (no hold-and-wait, so no deadlock between readers).
+ *
+ * Fairness: reads that complete at once (records already buffered) go on in
+ * microtasks, which would keep timers and other connections waiting; so
+ * every {@linkcode YIELD_AFTER_MS} the reader yields to the event loop
+ * (setImmediate: a few microseconds, no timer clamping).
+ */
 export class RecordReader {
   #opener: RecordOpener;
   #in: BufferedReader;
+  #cancel = new AbortController();
+  /** When this reader last yielded to the event loop. */
+  #lastYield = performance.now();
 
   constructor(opener: RecordOpener, input: BufferedReader | Readable) {
     this.#opener = opener;
     this.#in = input instanceof BufferedReader ? input : new BufferedReader(input);
   }
 
+  /** The record layer's receive limits (lowered before a connection is admitted). */
+  setLimits(limits: { maxBody: number; prefetch: boolean }): void {
+    this.#opener.maxBody = limits.maxBody;
+    this.#opener.prefetch = limits.prefetch;
+    if (!limits.prefetch) this.#opener.dropPrefetch();
+  }
+
+  /**
+   * Ends any wait for the budget and returns what the reader holds of it;
+   * call when the connection is closed. Later reads fail.
+   */
+  cancel(): void {
+    if (!this.#cancel.signal.aborted) {
+      this.#cancel.abort(new ProtocolError("connection closed while waiting for memory"));
+    }
+    this.#opener.dropPrefetch();
+  }
+
   /** The next record, or null when the connection ended cleanly at a record boundary. */
   async next(): Promise<PlainRecord | null> {
+    if (this.#cancel.signal.aborted) throw this.#cancel.signal.reason;
+    await this.#fair();
     const header = new Uint8Array(HEADER_LEN);
     if (!(await this.#in.readExactOrEof(header, "a record header"))) return null;
     const rec = this.#opener.begin(header);
-    const buf = take(rec.length + TAG_LEN); // the consumer may give() the body back
-    await this.#in.readExact(buf, `record ${rec.seq}`);
-    return await this.#opener.finish(rec, buf);
+    const total = rec.length + TAG_LEN;
+    const budget = this.#opener.budget;
+    let first: Uint8Array | null = null;
+    try {
+      if (rec.length <= SMALL_RECORD) {
+        const buf = take(total); // the consumer may give() the body back
+        await this.#in.readExact(buf, `record ${rec.seq}`);
+        return await this.#opener.finish(rec, buf);
+      }
+      first = take(FIRST_CHUNK);
+      await this.#in.readExact(first, `record ${rec.seq}`);
+      if (budget) {
+        const need = total + (rec.stream ? 0 : rec.length);
+        if (budget.tryAcquire(need)) {
+          rec.reserved += need;
+        } else {
+          // Wait holding nothing: give back what was computed ahead.
+          this.#opener.dropPrefetch();
+          budget.release(rec.reserved);
+          rec.reserved = 0;
+          rec.stream = undefined;
+          await budget.acquire(total + rec.length, this.#cancel.signal);
+          rec.reserved = total + rec.length;
+        }
+      }
+      this.#opener.startStream(rec); // computed while the rest arrives
+      const buf = take(total); // the consumer may give() the body back
+      buf.set(first);
+      give(first);
+      first = null;
+      await this.#in.readExact(buf.subarray(FIRST_CHUNK), `record ${rec.seq}`);
+      this.#opener.prefetchAfter(rec);
+      return await this.#opener.finish(rec, buf);
+    } catch (err) {
+      this.#opener.dropPrefetch();
+      throw err;
+    } finally {
+      if (first) give(first);
+      budget?.release(rec.reserved);
+      rec.reserved = 0;
+    }
+  }
+
+  /** Yields to the event loop once {@linkcode YIELD_AFTER_MS} have passed since the last time. */
+  async #fair(): Promise<void> {
+    const now = performance.now();
+    if (now - this.#lastYield > YIELD_AFTER_MS) {
+      await new Promise((r) => setImmediate(r));
+      this.#lastYield = performance.now();
+    }
   }
 }

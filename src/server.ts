@@ -3,7 +3,14 @@
  * against a {@linkcode Storage} root.
  *
  * Each connection is handled on its own (a slow or hostile client only holds
- * its own connection, bounded by the handshake and idle timeouts). A request
+ * its own connection, bounded by the handshake and idle timeouts). Resource
+ * limits (limits.ts): connection slots in total and per address, where the
+ * oldest connection not yet admitted is evicted when a cap is reached; a
+ * deadline to authenticate when an authorized-clients file is set; small
+ * records only and no keystreams computed ahead until a connection is
+ * admitted; one memory budget for large records across all connections;
+ * and at most {@linkcode MAX_OWED_REPLIES} replies owed to a client that does
+ * not read them before its requests stop being read. A request
  * that fails in a way that leaves the channel in step (missing file, name
  * refused, disk full, hash mismatch) gets an error reply and the connection
  * goes on; anything that breaks the channel (tampering, truncation, timeout,
@@ -26,7 +33,19 @@ import {
 } from "./auth.ts";
 import { safeClose, SecureChannel, type Transport } from "./channel.ts";
 import { describeError, EfxError, RemoteError } from "./errors.ts";
-import { AlertCode, encodeAlert } from "./handshake.ts";
+import { AlertCode, DEFAULT_HANDSHAKE_TIMEOUT_MS, encodeAlert, withDeadline } from "./handshake.ts";
+import {
+  ConnectionSlots,
+  DEFAULT_AUTH_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_MEMORY,
+  DEFAULT_MAX_PER_ADDRESS,
+  MAX_OWED_REPLIES,
+  MemoryBudget,
+  PRE_AUTH_MAX_BODY,
+  type Slot,
+} from "./limits.ts";
+import { MAX_RECORD_BODY } from "./record.ts";
 import { writeAll } from "./io.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger } from "./log.ts";
@@ -46,8 +65,18 @@ export interface ServerOptions {
   handshakeTimeoutMs?: number;
   /** Longest wait for the next record from a client (default 5 minutes). */
   idleTimeoutMs?: number;
-  /** Connections served at once; more get a "server busy" alert (default 256). */
+  /**
+   * Connections served at once (default 256). When full, the oldest
+   * connection not yet admitted is evicted; if there is none, the newcomer
+   * gets a "server busy" alert.
+   */
   maxConnections?: number;
+  /** Connections from one remote address (default 64; same eviction rule). */
+  maxPerAddress?: number;
+  /** Bytes of large-record buffers and keystreams in flight over all connections (default 256 MiB). */
+  maxMemory?: number;
+  /** With an authorized-clients file: time after the handshake to authenticate (default 10 s). */
+  authTimeoutMs?: number;
   /** Admit only clients listed in this file (see auth.ts); re-read for every connection. */
   authorizedClientsPath?: string;
   /** Downloads and listings only, for every client. */
@@ -74,6 +103,8 @@ export class EfxServer {
   #opts: ServerOptions;
   #log: Logger;
   #active = new Set<SecureChannel | Transport>();
+  #slots: ConnectionSlots;
+  #budget: MemoryBudget;
   #handlers = new Set<Promise<void>>();
   #stopping = false;
   #stopped: Promise<void> | undefined;
@@ -92,6 +123,11 @@ export class EfxServer {
     this.#opts = opts;
     this.#log = opts.log ?? makeLogger("normal");
     this.#requests = new RequestHandler(storage, { maxSize: opts.maxSize }, this.#log);
+    this.#slots = new ConnectionSlots(
+      opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      opts.maxPerAddress ?? DEFAULT_MAX_PER_ADDRESS,
+    );
+    this.#budget = new MemoryBudget(opts.maxMemory ?? DEFAULT_MAX_MEMORY);
     const sweep = () =>
       storage.sweepPartials().then((n) => {
         if (n) this.#log.info(`removed ${n} expired partial upload(s)`);
@@ -150,6 +186,22 @@ export class EfxServer {
     return this.#key.fingerprint;
   }
 
+  /** The limits in force, as one line for the startup log. */
+  get limits(): string {
+    const o = this.#opts;
+    const auth = o.authorizedClientsPath
+      ? `, ${(o.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS) / 1000} s to authenticate`
+      : "";
+    const evictable = o.authorizedClientsPath ? "unauthenticated" : "still in the handshake";
+    return `${this.#slots.maxTotal} connections (${this.#slots.maxPerAddress} per address; ` +
+      `when full, the oldest ${evictable} is closed), ${
+        formatBytes(this.#budget.max)
+      } for records in flight, ` +
+      `${(o.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS) / 1000} s handshake${auth}, ` +
+      `${(o.idleTimeoutMs ?? 5 * 60_000) / 1000} s idle, ` +
+      `max upload ${o.maxSize === undefined ? "unlimited" : formatBytes(o.maxSize)}`;
+  }
+
   /** The storage root's real path. */
   get root(): string {
     return this.#storage.root;
@@ -198,14 +250,47 @@ export class EfxServer {
       ? `[${addr.hostname}]:${addr.port}`
       : `${addr.hostname}:${addr.port}`;
     const log = this.#log;
-    if (this.#active.size >= (this.#opts.maxConnections ?? 256)) {
-      log.info(`${peer} refused: server busy (${this.#active.size} connections)`);
+    const closed = this.#opts.authorizedClientsPath !== undefined;
+    // Evicted (to make room) while not admitted yet: say so, and hang up.
+    let established: SecureChannel | undefined;
+    const slot = this.#slots.take(addr.hostname, () => {
+      log.info(
+        `${peer} evicted: server full, and this connection had not ${
+          closed ? "authenticated" : "finished its handshake"
+        } yet`,
+      );
+      if (established) {
+        established.sendAlert("busy", "server full: connection closed to make room; try again");
+      } else safeClose(conn);
+    });
+    if (!("admit" in slot)) {
+      log.info(
+        `${peer} refused: ${
+          slot.reason === "busy"
+            ? `server busy (${this.#slots.size} connections)`
+            : `${slot.message} (${this.#slots.maxPerAddress})`
+        }`,
+      );
       try {
-        await writeAll(conn, encodeAlert(AlertCode.BUSY, "too many connections; try again later"));
+        await writeAll(conn, encodeAlert(AlertCode.BUSY, `${slot.message}; try again later`));
       } catch { /* gone */ }
       safeClose(conn);
       return;
     }
+    try {
+      await this.#runConnection(conn, peer, slot, (c) => established = c);
+    } finally {
+      slot.release();
+    }
+  }
+
+  async #runConnection(
+    conn: Deno.Conn,
+    peer: string,
+    slot: Slot,
+    established: (ch: SecureChannel) => void,
+  ): Promise<void> {
+    const log = this.#log;
     this.#active.add(conn);
     let ch: SecureChannel;
     const t0 = performance.now();
@@ -213,6 +298,9 @@ export class EfxServer {
       ch = await SecureChannel.server(conn, {
         key: this.#key,
         handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
+        budget: this.#budget,
+        maxBody: PRE_AUTH_MAX_BODY, // until admitted: small records, nothing computed ahead
+        prefetch: false,
       });
     } catch (err) {
       this.#active.delete(conn);
@@ -221,6 +309,11 @@ export class EfxServer {
     }
     this.#active.delete(conn);
     this.#active.add(ch);
+    established(ch);
+    if (slot.evicted) ch.abort(); // evicted during the handshake's last step
+    // On an open server there is nothing to prove: admitted (no longer
+    // evictable) now; with an authorized-clients file, once authenticated.
+    if (this.#opts.authorizedClientsPath === undefined) slot.admit();
     ch.idleTimeoutMs = this.#opts.idleTimeoutMs ?? 5 * 60_000;
     log.info(`${peer} connected (handshake ${formatDuration(performance.now() - t0)})`);
     let requests = 0;
@@ -228,14 +321,27 @@ export class EfxServer {
     // Replies owed to pipelined uploads, sent strictly in request order; each
     // one's commit (fsync, rename) runs while the next file is received.
     let owed: Promise<void> = Promise.resolve();
+    // The latest MAX_OWED_REPLIES steps, settled or not: when the oldest is
+    // still unsettled, the client is not reading its replies, and its next
+    // request is not read until it does (TCP then holds it back).
+    const recent: Promise<unknown>[] = [];
     const later = (step: () => Promise<void>) => {
       owed = owed.then(step);
       owed.catch(() => {}); // rethrown by the next `await owed`
+      recent.push(owed.catch(() => {}));
     };
     try {
-      let msg = await ch.recvMessageOrClose();
+      // With an authorized-clients file, a client must authenticate promptly.
+      const authMs = this.#opts.authorizedClientsPath
+        ? this.#opts.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS
+        : 0;
+      let msg = authMs > 0
+        ? await withDeadline(ch.recvMessageOrClose(), authMs, () => {}, "authenticating")
+        : await ch.recvMessageOrClose();
       const auth = await this.#authorize(ch, msg, peer);
       if (auth === null) return;
+      slot.admit();
+      ch.setReceiveLimits({ maxBody: MAX_RECORD_BODY, prefetch: true });
       const rights = auth.rights;
       if (msg?.op === "auth") msg = await ch.recvMessageOrClose();
       while (msg !== null) {
@@ -270,6 +376,7 @@ export class EfxServer {
           await this.#requests.flush(run);
           await this.#requests.serve(requester, req);
         }
+        while (recent.length >= MAX_OWED_REPLIES) await recent.shift();
         msg = await ch.recvMessageOrClose();
       }
       await owed;

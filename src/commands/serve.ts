@@ -1,13 +1,14 @@
 /**
  * `efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem]
- *  [--max-size SIZE] [--max-connections N] [--handshake-timeout SEC] [--idle-timeout SEC]
- *  [--quiet | --verbose]`
+ *  [--max-size SIZE] [--max-connections N] [--max-per-address N] [--max-memory SIZE]
+ *  [--handshake-timeout SEC] [--auth-timeout SEC] [--idle-timeout SEC] [--quiet | --verbose]`
  *
  * @module
  */
 import { UsageError } from "../errors.ts";
 import { durationFlag, intFlag, parseFlags, sizeFlag } from "../cli/flags.ts";
 import { makeLogger } from "../log.ts";
+import { DEFAULT_MAX_MEMORY } from "../limits.ts";
 import { EfxServer } from "../server.ts";
 
 export const SERVE_USAGE = `usage: efx serve [options]
@@ -16,8 +17,15 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --root DIR             storage folder, created if missing (default ./storage)
   --key FILE             server private key, made if missing (default keys/server.key.pem)
   --max-size SIZE        largest upload accepted, e.g. 10G (default: no limit)
-  --max-connections N    connections at once before "server busy" (default 256)
+  --max-connections N    connections at once (default 256); when full, the oldest one not
+                         yet authenticated (open server: still in its handshake) is closed,
+                         else newcomers get "server busy"
+  --max-per-address N    connections at once from one address, same rule (default 64)
+  --max-memory SIZE      memory for incoming records in flight over all connections, e.g.
+                         512M (default 256M); beyond it, connections wait
   --handshake-timeout S  seconds a client has to finish the handshake (default 10)
+  --auth-timeout S       with --authorized-clients: seconds after the handshake to
+                         authenticate (default 10)
   --idle-timeout S       seconds of silence before a connection is dropped (default 300)
   --authorized-clients F admit only the client keys listed in F (lines: SHA256:... [rights=read|write|rw])
   --read-only            downloads and listings only
@@ -26,6 +34,13 @@ export const SERVE_USAGE = `usage: efx serve [options]
                          (default: 1G, or 5% of the disk when that is less; 0: no check)
   -q, --quiet            log errors only
   -v, --verbose          log more detail (hashes, listings)`;
+
+/** `--max-memory`: at least 4 MiB (a few records), default 256 MiB. */
+function memoryFlag(value: string | undefined): number {
+  const n = sizeFlag(value, "--max-memory") ?? DEFAULT_MAX_MEMORY;
+  if (n < 4 * 1024 * 1024) throw new UsageError("--max-memory must be at least 4M");
+  return n;
+}
 
 /** Runs the server until SIGINT/SIGTERM. */
 export async function serveCommand(args: string[]): Promise<number> {
@@ -36,6 +51,9 @@ export async function serveCommand(args: string[]): Promise<number> {
     key: { type: "string" },
     "max-size": { type: "string" },
     "max-connections": { type: "string" },
+    "max-per-address": { type: "string" },
+    "max-memory": { type: "string" },
+    "auth-timeout": { type: "string" },
     "handshake-timeout": { type: "string" },
     "idle-timeout": { type: "string" },
     "authorized-clients": { type: "string" },
@@ -59,6 +77,9 @@ export async function serveCommand(args: string[]): Promise<number> {
     keyPath: values.key ?? "keys/server.key.pem",
     maxSize: sizeFlag(values["max-size"], "--max-size"),
     maxConnections: intFlag(values["max-connections"], "--max-connections", 256, 1, 100_000),
+    maxPerAddress: intFlag(values["max-per-address"], "--max-per-address", 64, 1, 100_000),
+    maxMemory: memoryFlag(values["max-memory"]),
+    authTimeoutMs: 1000 * intFlag(values["auth-timeout"], "--auth-timeout", 10, 1, 3600),
     handshakeTimeoutMs: 1000 *
       intFlag(values["handshake-timeout"], "--handshake-timeout", 10, 1, 3600),
     idleTimeoutMs: 1000 * intFlag(values["idle-timeout"], "--idle-timeout", 300, 1, 86400),
@@ -72,7 +93,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   });
   console.error(
     `efx: serving ${server.root} on ${values.host ?? "0.0.0.0"}:${server.port}\n` +
-      `efx: server key fingerprint: ${server.fingerprint}`,
+      `efx: server key fingerprint: ${server.fingerprint}\n` +
+      `efx: limits: ${server.limits}`,
   );
   if (!values["authorized-clients"]) {
     console.error(
