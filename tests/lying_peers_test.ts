@@ -812,6 +812,33 @@ Deno.test("lying server, listing: a malformed listing is an error (one line), na
   }
 });
 
+Deno.test("lying server: escape sequences in an ALERT or an error reply never reach the terminal", async () => {
+  const evil = "boom\x1b]0;pwned\x07\x1b[2J\x9b31m";
+  const answers: [string, (ch: SecureChannel) => Promise<void>][] = [
+    ["ALERT record", (ch) => ch.sendAlert("error", evil)],
+    ["error reply", (ch) => ch.sendMessage({ ok: false, code: "x\x1b[2J", message: evil })],
+  ];
+  for (const [what, answer] of answers) {
+    const fake = await startFakeServer(async (ch) => {
+      await ch.recvMessage();
+      await answer(ch);
+      await ch.recvMessageOrClose().catch(() => null);
+    });
+    try {
+      const r = await efx(["rm", "a", ...clientArgs(fake)]);
+      assertOneFailure(r, /boom/, what);
+      assert.doesNotMatch(
+        r.stderr,
+        // deno-lint-ignore no-control-regex
+        /[\x00-\x08\x0b-\x1f\x7f-\x9f]/,
+        `${what}: ${JSON.stringify(r.stderr)}`,
+      );
+    } finally {
+      await fake.close();
+    }
+  }
+});
+
 /**
  * A server that receives any upload honestly (plain, pipelined or resumable)
  * and then answers with `result(real)` instead of the truth.
