@@ -239,6 +239,18 @@ Deno.test("lying client, single put: a stream shorter than announced, or a trail
       /size mismatch/,
       "short stream",
     );
+    // Fewer bytes, with a trailer that hashes them but claims the announced size.
+    assertRefused(
+      await plainPut(
+        ch,
+        put("short.bin", data.length),
+        short,
+        trailer(short, { bytes: data.length }),
+      ),
+      "error",
+      /size mismatch/,
+      "short stream, trailer claims the full size",
+    );
     // All the bytes, but the trailer claims another count.
     for (const n of [data.length - 1, data.length + 1, 0]) {
       assertRefused(
@@ -379,7 +391,7 @@ Deno.test("lying client, pipelined puts: each lie among honest files is refused 
   await lieTo("pipelined lies", async (ch) => {
     await pipelined(ch, "p-a.bin", a.length, a, trailer(a));
     await pipelined(ch, "p-b.bin", b.length, b, trailer(b, { sha256: WRONG_SHA })); // hash
-    await pipelined(ch, "p-b.bin", b.length, short, trailer(short)); // short stream
+    await pipelined(ch, "p-b.bin", b.length, short, trailer(short, { bytes: b.length })); // short
     await pipelined(ch, "p-b.bin", b.length, b, trailer(b, { bytes: b.length + 1 })); // size
     await pipelined(ch, "p-b.bin", b.length, b, trailer(bytes(b.length, 99))); // other file
     await pipelined(ch, "p-c.bin", c.length, c, trailer(c));
@@ -682,6 +694,11 @@ Deno.test("lying server, download: wrong hash, wrong trailer size, extra or miss
       () => META,
       () => FILE.subarray(0, FILE.length - 1),
       (_r, d) => trailer(d),
+    ], /size mismatch/],
+    ["fewer bytes, their hash and the announced size in the trailer", [
+      () => META,
+      () => FILE.subarray(0, FILE.length - 1),
+      (_r, d) => trailer(d, { bytes: FILE.length }),
     ], /size mismatch/],
     [
       "extra bytes",
