@@ -292,9 +292,6 @@ export class RequestHandler {
     } catch (err) {
       claim?.release();
       unreserve();
-      if (err instanceof RemoteError && err.code === "bad-request" && req.resume) {
-        ch.markBroken(); // a malformed resume answer: the channel is out of step
-      }
       return await replyError(err);
     }
     try {

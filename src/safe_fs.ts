@@ -46,7 +46,8 @@ export function sameFile(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
 
 /**
  * Opens an existing regular file (or folder, with `kind: "dir"`) that is not
- * a link, and checks that the open file is the one `lstat` saw.
+ * a link, and checks that the open file is the one `lstat` saw — or, with
+ * `expected`, the one the caller checked earlier (its own `lstat`).
  *
  * @throws {UnsafePathError} for a link, another kind of entry, or a swap;
  * Deno's own errors (NotFound, PermissionDenied, ...) otherwise.
@@ -55,8 +56,9 @@ export function openChecked(
   path: string,
   options: Deno.OpenOptions,
   kind: "file" | "dir" = "file",
+  expected?: Deno.FileInfo,
 ): { file: Deno.FsFile; info: Deno.FileInfo } {
-  const before = Deno.lstatSync(path);
+  const before = expected ?? Deno.lstatSync(path);
   if (before.isSymlink) throw new UnsafePathError("link", "it is a symbolic link");
   if (kind === "file" ? !before.isFile : !before.isDirectory) {
     throw new UnsafePathError("kind", kind === "file" ? "not a regular file" : "not a folder");

@@ -24,7 +24,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DATA_CHUNK, SecureChannel } from "../src/channel.ts";
 import { fingerprint } from "../src/keys.ts";
-import { PartialUploads, STAGING_DIR } from "../src/resume.ts";
+import { STAGING_DIR } from "../src/storage/local.ts";
+import { partialRelPath } from "../src/storage/local_partials.ts";
 import type { Trailer } from "../src/messages.ts";
 import {
   assertExit,
@@ -133,7 +134,7 @@ async function temps(root = S.root): Promise<string[]> {
 
 /** Size of the server's partial upload of `name` (anonymous client), or null when it has none. */
 async function partialSize(name: string): Promise<number | null> {
-  const path = new PartialUploads(S.root, 1).pathOf(name, "");
+  const path = join(S.root, STAGING_DIR, "partials", partialRelPath(name, ""));
   try {
     return (await Deno.stat(path)).size;
   } catch (err) {
@@ -570,12 +571,13 @@ Deno.test("lying client, resumed put: a stream longer than what is left ends the
 // ---------------------------------------------------------------------------
 // Folder uploads (the requests `upload -r` sends)
 
-Deno.test("lying client, folder upload: mkdir, symlink and put names or targets leading out are refused", async () => {
+Deno.test("lying client, folder upload: names leading out are refused, link targets stay data", async () => {
   const outside = join(S.dir, "outside");
   await Deno.mkdir(outside);
   // An existing link in the root that leads outside it (put there by someone else).
   await Deno.symlink(outside, join(S.root, "esc"));
   const data = enc.encode("folder file\n");
+  const allowed: Record<string, string> = { d: "dir" };
   try {
     await lieTo("folder lies", async (ch) => {
       // The honest start of `upload -r d`: mkdir d.
@@ -585,31 +587,46 @@ Deno.test("lying client, folder upload: mkdir, symlink and put names or targets 
         await ch.sendMessage(req);
         assertRefused(await ch.recvMessage(), code, re, JSON.stringify(req));
       };
-      const BAD = /invalid file name|leads outside|refusing|not allowed|backslashes/;
+      const accepted = async (req: Record<string, unknown>) => {
+        await ch.sendMessage(req);
+        assert.equal((await ch.recvMessage()).ok, true, JSON.stringify(req));
+      };
+      const BAD = /invalid file name|not allowed|backslashes/;
+      const LINK = /is a link on the server, and links are never followed/;
       await refused({ op: "mkdir", name: "../up" }, "bad-name", BAD);
       await refused({ op: "mkdir", name: "d/../../up" }, "bad-name", BAD);
       await refused({ op: "mkdir", name: "/abs" }, "bad-name", BAD);
       await refused({ op: "mkdir", name: `d/${TEMP_PREFIX}x` }, "bad-name", BAD);
-      await refused({ op: "mkdir", name: "esc/sub" }, "bad-name", BAD);
-      await refused({ op: "symlink", name: "d/l", target: "../../x" }, "bad-name", BAD);
-      await refused({ op: "symlink", name: "d/l", target: "/etc/passwd" }, "bad-name", BAD);
-      await refused({ op: "symlink", name: "d/l", target: "a\\..\\..\\x" }, "bad-name", BAD);
-      await refused({ op: "symlink", name: "esc/l", target: "x" }, "bad-name", BAD);
+      await refused({ op: "mkdir", name: "esc/sub" }, "not-a-file", LINK);
+      await refused({ op: "symlink", name: "esc/l", target: "x" }, "not-a-file", LINK);
       await refused({ op: "symlink", name: "../l", target: "x" }, "bad-name", BAD);
-      await refused(put("esc/f.bin", data.length), "bad-name", BAD);
-      // Through links made in this session: d/up -> .. is inside; x -> d/up/.. is not.
-      await ch.sendMessage({ op: "symlink", name: "d/up", target: ".." });
-      assert.equal((await ch.recvMessage()).ok, true);
-      await refused({ op: "symlink", name: "x", target: "d/up/.." }, "bad-name", BAD);
+      await refused(put("esc/f.bin", data.length), "not-a-file", LINK);
+      // Link targets are data: stored as given, never a filesystem link, never followed.
+      for (const target of ["../../x", "/etc/passwd", "a\\..\\..\\x"]) {
+        await accepted({ op: "symlink", name: "d/l", target, force: true });
+      }
+      await accepted({ op: "symlink", name: "d/up", target: ".." });
+      await accepted({ op: "symlink", name: "x", target: "d/up/.." });
+      await refused(put("x/f.bin", data.length), "not-a-file", LINK);
+      await refused(put("d/up/f.bin", data.length), "not-a-file", LINK);
+      await refused({ op: "mkdir", name: "d/l/sub" }, "not-a-file", LINK);
       // A pipelined put through the outside link: drained and refused.
       await pipelined(ch, "esc/p.bin", data.length, data, trailer(data));
-      assertRefused(await ch.recvMessage(), "bad-name", BAD, "pipelined through esc");
+      assertRefused(await ch.recvMessage(), "not-a-file", LINK, "pipelined through esc");
       await assertInStep(ch, "after folder lies");
-    }, { allowed: { d: "dir", "d/up": "symlink -> .." } });
+      // The three records are regular files: no link was made on the server.
+      for (const name of ["d/l", "d/up", "x"]) {
+        const st = await Deno.lstat(join(S.root, name));
+        assert.ok(st.isFile && !st.isSymlink, `${name} is not a link record`);
+      }
+      const snap = await storage();
+      for (const name of ["d/l", "d/up", "x"]) allowed[name] = snap[name];
+    }, { allowed });
     assert.deepEqual(await listTree(outside), [], "something was written outside the root");
   } finally {
     await Deno.remove(join(S.root, "esc"));
     await Deno.remove(join(S.root, "d"), { recursive: true });
+    await Deno.remove(join(S.root, "x")).catch(() => {});
     await Deno.remove(outside, { recursive: true });
   }
 });

@@ -204,7 +204,7 @@ export class LocalStorage implements StorageBackend {
         st = lstatOrNull(next);
         if (st === null) throw notFound(name);
       }
-      if (!st.isDirectory || st.isSymlink) {
+      if (st.isSymlink || !st.isDirectory) {
         const prefix = parts.slice(0, i + 1).join("/");
         const what = mode === "existing" ? name : `cannot create ${name}`;
         throw new StorageError(
@@ -272,7 +272,8 @@ export class LocalStorage implements StorageBackend {
         );
       }
       if (kind !== "file") throw notAFile(name, kind === "dir");
-      const { file, info } = openChecked(path, { read: true });
+      // What is opened must be the entry checked above.
+      const { file, info } = openChecked(path, { read: true }, "file", st);
       return {
         info: toInfo(name, info, "file"),
         read: (p) => file.read(p),
