@@ -598,9 +598,10 @@ export class LocalStorage implements StorageBackend {
   // ---- partials and durability -------------------------------------------
 
   claimPartial(name: string, who: string, preempt: () => void): Promise<PartialClaim> {
-    checkName(name);
-    return this.#partials.claim(name, who, preempt).catch((err) => {
-      throw toStorageError(err, name);
+    // A bad name rejects (like every other call), never throws synchronously.
+    return guard(name, () => {
+      checkName(name);
+      return this.#partials.claim(name, who, preempt);
     });
   }
 
