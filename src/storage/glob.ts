@@ -40,13 +40,14 @@ const ANY = -2;
  */
 export function compileGlob(pattern: string): Glob {
   const tokens: number[] = [];
+  let length = 0; // code points of the pattern as sent, "**" counting 2
   for (const ch of pattern) {
+    if (++length > MAX_PATTERN_LENGTH) {
+      throw new RangeError(`pattern longer than ${MAX_PATTERN_LENGTH} characters`);
+    }
     const t = ch === "*" ? STAR : ch === "?" ? ANY : ch.codePointAt(0)!;
     if (t === STAR && tokens[tokens.length - 1] === STAR) continue; // "**" is "*"
     tokens.push(t);
-    if (tokens.length > MAX_PATTERN_LENGTH) {
-      throw new RangeError(`pattern longer than ${MAX_PATTERN_LENGTH} characters`);
-    }
   }
   const m = tokens.length;
   // Bit i of the state: the first i tokens match what was read so far.
