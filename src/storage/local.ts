@@ -574,6 +574,13 @@ export class LocalStorage implements StorageBackend {
           if (there.isDirectory && !there.isSymlink) {
             throw new StorageError("not-a-file", `${to} is a folder on the server`);
           }
+          if (src.st.isDirectory) {
+            // rename(2) would fail with ENOTDIR, reported as "no such file".
+            throw new StorageError(
+              "not-a-file",
+              `${to} is not a folder on the server: a folder cannot replace it`,
+            );
+          }
         }
         if (!src.st.isDirectory && !opts.force) {
           // No-clobber in one step: link() fails when the name exists.
