@@ -399,29 +399,38 @@ export class LocalStorage implements StorageBackend {
   }
 
   async beginWrite(name: string, opts: WriteOptions): Promise<Upload> {
+    let counted = false;
+    const uncount = () => {
+      if (counted) this.#pending -= opts.size;
+      counted = false;
+    };
     const { parts, parent } = await guard(name, () => {
       const parts = checkName(name);
       this.#checkSpace(name, opts.size);
       const parent = this.#parent(name, parts, "create");
       this.#checkTarget(name, join(parent, parts[parts.length - 1]), opts);
+      // Counted in the same synchronous step as the check: uploads started
+      // together cannot each be granted the same free space.
+      this.#pending += opts.size;
+      counted = true;
       return { parts, parent };
     });
     const path = join(parent, parts[parts.length - 1]);
     const claim = opts.partial?.claim as LocalClaim | undefined;
-    if (claim) await guard(name, () => claim.prepare());
-    const writer = await AtomicWriter.create(path, {
-      force: opts.force,
-      tempDir: parent,
-      label: name,
-      mapError: (err) => toStorageError(err, name),
-      partial: claim ? { path: claim.path, offset: opts.partial!.offset } : undefined,
-    });
-    this.#pending += opts.size;
-    let counted = true;
-    const uncount = () => {
-      if (counted) this.#pending -= opts.size;
-      counted = false;
-    };
+    let writer: AtomicWriter;
+    try {
+      if (claim) await guard(name, () => claim.prepare());
+      writer = await AtomicWriter.create(path, {
+        force: opts.force,
+        tempDir: parent,
+        label: name,
+        mapError: (err) => toStorageError(err, name),
+        partial: claim ? { path: claim.path, offset: opts.partial!.offset } : undefined,
+      });
+    } catch (err) {
+      uncount();
+      throw err;
+    }
     return {
       key: path,
       get bytesWritten() {
