@@ -15,7 +15,6 @@
  *   --allow-write --allow-run --allow-env --allow-sys tests/resume_test.ts
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { STAGING_DIR } from "../src/storage/local.ts";
 import { partialRelPath } from "../src/storage/local_partials.ts";

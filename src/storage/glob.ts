@@ -40,7 +40,7 @@ const ANY = -2;
  */
 export function compileGlob(pattern: string): Glob {
   const tokens: number[] = [];
-  let length = 0;
+  let length = 0; // code points of the pattern as sent, "**" counting 2
   for (const ch of pattern) {
     if (++length > MAX_PATTERN_LENGTH) {
       throw new RangeError(`pattern longer than ${MAX_PATTERN_LENGTH} characters`);
@@ -83,22 +83,34 @@ export function compileGlob(pattern: string): Glob {
       let nxt = new Uint32Array(words);
       cur[0] = 1;
       closeOverStars(cur);
+      // Words at or above `curTop` of `cur` (`nxtTop` of `nxt`) are zero:
+      // only the live part of the state is advanced (one word more, for the carry).
+      let curTop = 1;
+      let nxtTop = 0;
       for (const ch of name) {
         const c = ch.codePointAt(0)!;
         const lit = literal.get(c) ?? none;
         const isSlash = c === slash;
+        const end = curTop < words ? curTop + 1 : words;
         let carry = 0;
-        let alive = 0;
-        for (let w = 0; w < words; w++) {
+        let starCarry = 0;
+        let top = 0;
+        for (let w = 0; w < end; w++) {
           const adv = cur[w] & (lit[w] | (isSlash ? 0 : any[w]));
           const stay = isSlash ? 0 : cur[w] & star[w];
-          const v = ((adv << 1) | carry | stay) >>> 0;
+          let v = (adv << 1) | carry | stay;
           carry = adv >>> 31;
+          // closeOverStars, fused: a "*" may match nothing (stars never repeat).
+          const s = v & star[w];
+          v = (v | (s << 1) | starCarry) >>> 0;
+          starCarry = s >>> 31;
           nxt[w] = v;
-          alive |= v;
+          if (v !== 0) top = w + 1;
         }
-        if (alive === 0) return false;
-        closeOverStars(nxt);
+        for (let w = end; w < nxtTop; w++) nxt[w] = 0;
+        if (top === 0) return false;
+        nxtTop = curTop;
+        curTop = top;
         [cur, nxt] = [nxt, cur];
       }
       return (cur[acceptWord] & acceptBit) !== 0;

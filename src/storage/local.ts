@@ -51,6 +51,7 @@ import {
   syncDir,
 } from "../atomic_file.ts";
 import { EfxError, IntegrityError, RemoteError } from "../errors.ts";
+import { utf8 } from "../bytes.ts";
 import type { FileInfo } from "../messages.ts";
 import { lstatOrNull, openChecked, UnsafePathError } from "../safe_fs.ts";
 import type {
@@ -238,7 +239,12 @@ export class LocalStorage implements StorageBackend {
     if (!st.isFile) return null;
     const target = this.#links.read(path, st);
     if (target === null) return toInfo(name, st, "file");
-    return { ...toInfo(name, st, "symlink"), mode: 0o777, size: target.length, target };
+    return {
+      ...toInfo(name, st, "symlink"),
+      mode: 0o777,
+      size: utf8.encode(target).length,
+      target,
+    };
   }
 
   /** Path and `lstat` of an existing entry (its parents checked). */
@@ -410,29 +416,38 @@ export class LocalStorage implements StorageBackend {
   }
 
   async beginWrite(name: string, opts: WriteOptions): Promise<Upload> {
+    let counted = false;
+    const uncount = () => {
+      if (counted) this.#pending -= opts.size;
+      counted = false;
+    };
     const { parts, parent } = await guard(name, () => {
       const parts = checkName(name);
       this.#checkSpace(name, opts.size);
       const parent = this.#parent(name, parts, "create");
       this.#checkTarget(name, join(parent, parts[parts.length - 1]), opts);
+      // Counted in the same synchronous step as the check: uploads started
+      // together cannot each be granted the same free space.
+      this.#pending += opts.size;
+      counted = true;
       return { parts, parent };
     });
     const path = join(parent, parts[parts.length - 1]);
     const claim = opts.partial?.claim as LocalClaim | undefined;
-    if (claim) await guard(name, () => claim.prepare());
-    const writer = await AtomicWriter.create(path, {
-      force: opts.force,
-      tempDir: parent,
-      label: name,
-      mapError: (err) => toStorageError(err, name),
-      partial: claim ? { path: claim.path, offset: opts.partial!.offset } : undefined,
-    });
-    this.#pending += opts.size;
-    let counted = true;
-    const uncount = () => {
-      if (counted) this.#pending -= opts.size;
-      counted = false;
-    };
+    let writer: AtomicWriter;
+    try {
+      if (claim) await guard(name, () => claim.prepare());
+      writer = await AtomicWriter.create(path, {
+        force: opts.force,
+        tempDir: parent,
+        label: name,
+        mapError: (err) => toStorageError(err, name),
+        partial: claim ? { path: claim.path, offset: opts.partial!.offset } : undefined,
+      });
+    } catch (err) {
+      uncount();
+      throw err;
+    }
     return {
       key: path,
       get bytesWritten() {
@@ -585,6 +600,13 @@ export class LocalStorage implements StorageBackend {
           if (there.isDirectory && !there.isSymlink) {
             throw new StorageError("not-a-file", `${to} is a folder on the server`);
           }
+          if (src.st.isDirectory) {
+            // rename(2) would fail with ENOTDIR, reported as "no such file".
+            throw new StorageError(
+              "not-a-file",
+              `${to} is not a folder on the server: a folder cannot replace it`,
+            );
+          }
         }
         if (!src.st.isDirectory && !opts.force) {
           // No-clobber in one step: link() fails when the name exists.
@@ -609,9 +631,10 @@ export class LocalStorage implements StorageBackend {
   // ---- partials and durability -------------------------------------------
 
   claimPartial(name: string, who: string, preempt: () => void): Promise<PartialClaim> {
-    checkName(name);
-    return this.#partials.claim(name, who, preempt).catch((err) => {
-      throw toStorageError(err, name);
+    // A bad name rejects (like every other call), never throws synchronously.
+    return guard(name, () => {
+      checkName(name);
+      return this.#partials.claim(name, who, preempt);
     });
   }
 
