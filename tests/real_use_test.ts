@@ -146,6 +146,40 @@ Deno.test("deno task efx: relative paths are the user's, not the project's", asy
   });
 });
 
+Deno.test("deno task install: an `efx` command with the client's permissions, usable anywhere", async () => {
+  await withWork(async (work) => {
+    const root = join(work, "install-root");
+    const env: Record<string, string> = { NO_COLOR: "1", DENO_INSTALL_ROOT: root };
+    for (const k of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR"]) {
+      const val = Deno.env.get(k);
+      if (val !== undefined) env[k] = val;
+    }
+    const inst = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", "--config", join(PROJECT, "deno.json"), "install"],
+      cwd: work,
+      clearEnv: true,
+      env,
+      stdin: "null",
+    }).output();
+    assert.equal(inst.code, 0, new TextDecoder().decode(inst.stderr));
+    const bin = join(root, "bin", "efx");
+    const script = await Deno.readTextFile(bin);
+    assert.match(script, /--allow-env=HOME,EFX_SERVER,EFX_HOME,EFX_DEBUG,INIT_CWD /);
+    assert.doesNotMatch(script, /--allow-all|-A |--allow-run/, "no more than the client needs");
+    await Deno.writeTextFile(join(work, "installed.txt"), "via the installed command\n");
+    const up = await new Deno.Command(bin, {
+      args: ["upload", "installed.txt", ...clientArgs(S)],
+      cwd: work,
+      clearEnv: true,
+      env,
+      stdin: "null",
+    }).output();
+    assert.equal(up.code, 0, new TextDecoder().decode(up.stderr));
+    await assertSameFile(join(S.root, "installed.txt"), join(work, "installed.txt"));
+    await emptyStorage();
+  });
+});
+
 // ---- 3: -o DIR/, -o -, upload - ----
 
 Deno.test("download -o newdir/ makes the folder; -o - writes to stdout; upload - reads stdin", async () => {
