@@ -214,6 +214,30 @@ Deno.test("download -o newdir/ makes the folder; -o - writes to stdout; upload -
     assert.equal(run.stdout.length, data.length, "stdout carries exactly the file");
     assert.equal(sha256(run.stdout), sha256(data));
     assert.deepEqual(await listTree(work), ["f.bin", "newdir", "newdir/f.bin"], "no file '-'");
+    // Two NAMEs to stdout: both files, in order; every line (total included) on stderr.
+    const two = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        join(PROJECT, "main.ts"),
+        "download",
+        "f.bin",
+        "f.bin",
+        "-o",
+        "-",
+        ...clientArgs(S),
+      ],
+      cwd: work,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const twoErr = new TextDecoder().decode(two.stderr);
+    assert.equal(two.code, 0, twoErr);
+    assert.equal(two.stdout.length, 2 * data.length);
+    assert.equal(sha256(two.stdout.subarray(data.length)), sha256(data));
+    assert.match(twoErr, /^total: 2 files, /m);
 
     const piped = randomBytes(2 * 1024 * 1024 + 3);
     const up = await efx(["upload", "-", "--as", "from-stdin.bin", ...clientArgs(S)], {

@@ -372,6 +372,7 @@ async function eachItem<T>(
 async function withClient(
   v: ConnectFlags,
   run: (c: EfxClient, ui: Ui) => Promise<number>,
+  opts: { dataOnStdout?: boolean } = {},
 ): Promise<number> {
   const base = uiFromFlags(v);
   // Temps of a download killed earlier in this folder go now (see local_temps.ts).
@@ -396,7 +397,8 @@ async function withClient(
     interrupt.check();
     const tally = ui.tally!;
     if (!ui.quiet && tally.files > 1) {
-      ui.out(totalLine(tally.files, tally.bytes, performance.now() - t0));
+      const line = totalLine(tally.files, tally.bytes, performance.now() - t0);
+      (opts.dataOnStdout ? ui.err : ui.out)(line);
     }
     return code;
   } catch (err) {
@@ -540,14 +542,23 @@ export async function uploadCommand(args: string[]): Promise<number> {
  */
 async function withStdinFile(fn: (path: string) => Promise<number>): Promise<number> {
   const path = await Deno.makeTempFile({ prefix: "efx-stdin-" });
+  // Ctrl-C while stdin is still being read: nothing was sent; remove the
+  // copy and stop (a read from stdin cannot be cancelled).
+  const reading = onInterrupt((sig) => {
+    try {
+      Deno.removeSync(path);
+    } catch { /* gone */ }
+    console.error("efx: interrupted");
+    Deno.exit(sig === "SIGINT" ? 130 : 143);
+  });
   try {
-    {
+    try {
       using file = await Deno.open(path, { write: true, truncate: true });
-      try {
-        for await (const chunk of Deno.stdin.readable) await writeAll(file, chunk);
-      } catch (err) {
-        throw new EfxError(`cannot read standard input: ${describeError(err)}`);
-      }
+      for await (const chunk of Deno.stdin.readable) await writeAll(file, chunk);
+    } catch (err) {
+      throw new EfxError(`cannot read standard input: ${describeError(err)}`);
+    } finally {
+      reading.dispose();
     }
     return await fn(path);
   } finally {
@@ -613,13 +624,14 @@ export async function downloadCommand(args: string[]): Promise<number> {
       eachItem(
         positionals,
         client,
-        // With -o -, standard output carries the data: lines go to stderr.
-        toStdout ? { ...ui, out: ui.err } : ui,
+        ui,
         (name) =>
           v.recursive
             ? getTree(client, name, target(name), mo, ui)
             : getOne(client, name, target(name), mo, ui).then(() => {}),
       ),
+    // With -o -, standard output carries the data: every line goes to stderr.
+    { dataOnStdout: toStdout },
   );
 }
 
