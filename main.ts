@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { describeError, exitCodeOf } from "./src/errors.ts";
+import { describeError, EfxError, exitCodeOf } from "./src/errors.ts";
 import { fingerprintCommand, keygenCommand } from "./src/commands/keygen.ts";
 import { serveCommand } from "./src/commands/serve.ts";
 import { downloadCommand, lsCommand, rmCommand, uploadCommand } from "./src/commands/client.ts";
@@ -31,8 +31,53 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   },
 };
 
+/** Commands that work on the user's files (relative paths are the user's). */
+const CLIENT_COMMANDS = new Set([
+  "upload",
+  "put",
+  "download",
+  "get",
+  "ls",
+  "rm",
+  "shell",
+  "known-servers",
+]);
+
+/**
+ * `deno task efx ...` runs in the project folder; deno sets INIT_CWD to the
+ * folder the user typed the command in. Client commands go back there so
+ * that `upload one` and `-o got` mean the user's files. Reading INIT_CWD
+ * needs env permission, which only the client tasks grant.
+ */
+function enterUserFolder(command: string | undefined): void {
+  if (command !== undefined && !command.startsWith("-") && !CLIENT_COMMANDS.has(command)) return;
+  let dir: string | undefined;
+  try {
+    dir = Deno.env.get("INIT_CWD") || undefined;
+  } catch {
+    return; // no env permission: not started by a client task
+  }
+  // Only when started in the project folder, as `deno task efx` does: an
+  // installed efx run from someone else's task keeps its own folder.
+  if (dir === undefined || !inProjectFolder()) return;
+  try {
+    Deno.chdir(dir);
+  } catch (err) {
+    throw new EfxError(`cannot enter ${dir} (INIT_CWD): ${describeError(err)}`);
+  }
+}
+
+function inProjectFolder(): boolean {
+  try {
+    return Deno.cwd() === Deno.realPathSync(new URL(".", import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [first, ...rest] = argv;
+  enterUserFolder(first);
   if (first === "--help" || first === "-h") return await commands.help([]);
   if (first === "--version" || first === "-V") {
     console.log("efx 0.1.0 (protocol 1)");

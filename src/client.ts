@@ -14,11 +14,13 @@
  * ```
  * @module
  */
-import type { Hash } from "node:crypto";
-import { AtomicWriter, FileExistsError, removeStaleTemps } from "./atomic_file.ts";
+import { createHash, type Hash } from "node:crypto";
+import { AtomicWriter, FileExistsError } from "./atomic_file.ts";
+import { removeOrphanTemps } from "./local_temps.ts";
 import { dirname } from "node:path";
 import { clientAuthMessage, type ClientIdentity } from "./auth.ts";
 import { SecureChannel } from "./channel.ts";
+import { RequestQueue } from "./client_queue.ts";
 import { describeError, EfxError, IntegrityError, ProtocolError, RemoteError } from "./errors.ts";
 import { hashPrefix, inspectLocalPartial, localPartialPath, openLocalPartial } from "./resume.ts";
 import { expectOk, parseGetReply, parseTrailer } from "./messages.ts";
@@ -55,6 +57,14 @@ export interface ClientTransferResult extends TransferResult {
   resumedFrom: number;
 }
 
+/** Options of an upload. */
+export interface UploadOptions extends TransferHooks {
+  force?: boolean;
+  resume?: boolean;
+  /** Permission bits to give the remote file instead of the local file's (e.g. for stdin). */
+  mode?: number;
+}
+
 /** Files up to this size are uploaded without waiting for the server in between. */
 export const PIPELINE_MAX = 1 << 20;
 
@@ -65,8 +75,8 @@ export class EfxClient {
   readonly trust: { fingerprint: string; status: string };
   /** Rights the server granted to our identity ("" when we sent none). */
   rights = "";
-  /** Replies still owed to queued uploads, read strictly in order. */
-  #owed: Promise<void> = Promise.resolve();
+  /** Every request goes through here: one owns the channel at a time (see client_queue.ts). */
+  readonly #queue = new RequestQueue();
 
   private constructor(channel: SecureChannel, trust: { fingerprint: string; status: string }) {
     this.channel = channel;
@@ -112,12 +122,11 @@ export class EfxClient {
   }
 
   /**
-   * Waits until every queued upload's reply has arrived (their own promises
-   * carry their results). Every other request starts with this, so replies
-   * are always read in the order the requests went out.
+   * Waits until every request queued so far has ended (their own promises
+   * carry their results).
    */
   async settle(): Promise<void> {
-    await this.#owed;
+    await this.#queue.idle();
   }
 
   /**
@@ -132,7 +141,7 @@ export class EfxClient {
   async uploadQueued(
     localPath: string,
     remoteName: string,
-    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
+    opts: UploadOptions = {},
   ): Promise<{ done: Promise<ClientTransferResult> }> {
     const t0 = performance.now();
     const settled = <T>(p: Promise<T>) => {
@@ -154,7 +163,7 @@ export class EfxClient {
       return settled(Promise.reject(e));
     }
     if (st.size > PIPELINE_MAX || opts.resume) {
-      await this.settle();
+      // Queued like every request: the next one waits until this has ended.
       return settled(this.upload(localPath, remoteName, opts));
     }
     let data: Uint8Array;
@@ -165,19 +174,20 @@ export class EfxClient {
     }
     const ch = this.channel;
     let sent = { bytes: 0, sha256: "" };
-    try {
-      await ch.sendMessage(putRequest(remoteName, data.length, st, opts, { pipelined: true }));
-      sent = await sendBytes(ch, data);
-    } catch (err) {
-      throw await this.#explain(err);
-    }
     const size = data.length;
-    const done = this.#owed.then(async () => {
+    const { sent: out, reply } = this.#queue.pipeline(async () => {
+      try {
+        await ch.sendMessage(putRequest(remoteName, size, st, opts, { pipelined: true }));
+        sent = await sendBytes(ch, data);
+      } catch (err) {
+        throw await this.#explain(err);
+      }
+    }, async () => {
       const peerSha256 = checkStored(await ch.recvMessage(), sent, size);
       return { ...sent, peerSha256, ms: performance.now() - t0, resumedFrom: 0 };
     });
-    this.#owed = done.then(() => {}, () => {});
-    return settled(done);
+    await out;
+    return settled(reply);
   }
 
   /**
@@ -187,12 +197,19 @@ export class EfxClient {
    * (SHA-256 compared through the channel), and a cut now leaves a partial
    * on the server for next time.
    */
-  async upload(
+  upload(
     localPath: string,
     remoteName: string,
-    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
+    opts: UploadOptions = {},
   ): Promise<ClientTransferResult> {
-    await this.settle();
+    return this.#queue.run(() => this.#upload(localPath, remoteName, opts));
+  }
+
+  async #upload(
+    localPath: string,
+    remoteName: string,
+    opts: UploadOptions,
+  ): Promise<ClientTransferResult> {
     const t0 = performance.now();
     let file: Deno.FsFile;
     try {
@@ -262,12 +279,19 @@ export class EfxClient {
    * goes through `.<name>.efx-partial` beside the target, which survives a
    * cut and is continued next time if the server's file has the same prefix.
    */
-  async download(
+  download(
     remoteName: string,
     localPath: string,
     opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
   ): Promise<ClientTransferResult> {
-    await this.settle();
+    return this.#queue.run(() => this.#download(remoteName, localPath, opts));
+  }
+
+  async #download(
+    remoteName: string,
+    localPath: string,
+    opts: { force?: boolean; resume?: boolean } & TransferHooks,
+  ): Promise<ClientTransferResult> {
     const t0 = performance.now();
     const force = opts.force === true;
     const ch = this.channel;
@@ -340,25 +364,91 @@ export class EfxClient {
     }
   }
 
+  /**
+   * Streams `remoteName` into `sink` as it arrives (e.g. standard output,
+   * which cannot be renamed into place). Every record is authenticated by
+   * the channel, but the whole-file SHA-256 is known only at the end: a
+   * mismatch (or a short stream) then throws after the data was written, so
+   * the caller must report the failure (exit code) and the reader must not
+   * trust the bytes of a failed run.
+   */
+  downloadToSink(
+    remoteName: string,
+    sink: (chunk: Uint8Array) => Promise<void>,
+    opts: TransferHooks = {},
+  ): Promise<ClientTransferResult> {
+    return this.#queue.run(async () => {
+      const t0 = performance.now();
+      const ch = this.channel;
+      await ch.sendMessage({ op: "get", name: remoteName });
+      const meta = parseGetReply(await ch.recvMessage());
+      opts.onStart?.(meta.size);
+      const hash = createHash("sha256");
+      let received = 0;
+      let localError: unknown = undefined;
+      for await (const chunk of ch.recvStream()) {
+        received += chunk.length;
+        if (received > meta.size) {
+          ch.markBroken();
+          throw new ProtocolError(`peer sent more than the announced ${meta.size} bytes`);
+        }
+        if (localError !== undefined) continue; // drain: the connection stays usable
+        hash.update(chunk);
+        try {
+          await sink(chunk);
+          opts.onBytes?.(chunk.length);
+        } catch (err) {
+          localError = err;
+        }
+      }
+      const trailer = parseTrailer(await ch.recvMessage());
+      if (localError !== undefined) {
+        throw new EfxError(`cannot write ${remoteName}: ${localReason(localError)}`);
+      }
+      const sha256 = hash.digest("hex");
+      if (received !== meta.size || trailer.bytes !== meta.size) {
+        throw new IntegrityError(
+          `size mismatch: ${meta.size} bytes announced, ${received} received, ${trailer.bytes} reported`,
+        );
+      }
+      if (trailer.sha256 !== sha256) {
+        throw new IntegrityError(
+          `${remoteName}: sha256 mismatch (server sent ${trailer.sha256}, received ${sha256}); ` +
+            `the output is damaged`,
+        );
+      }
+      return {
+        bytes: received,
+        sha256,
+        peerSha256: trailer.sha256,
+        ms: performance.now() - t0,
+        resumedFrom: 0,
+      };
+    });
+  }
+
   /** Every entry below remote folder `name` (files, folders, symlinks with their targets). */
-  async tree(name: string): Promise<FileInfo[]> {
-    await this.settle();
-    await this.channel.sendMessage({ op: "tree", name });
-    return await this.#batches();
+  tree(name: string): Promise<FileInfo[]> {
+    return this.#queue.run(async () => {
+      await this.channel.sendMessage({ op: "tree", name });
+      return await this.#batches();
+    });
   }
 
   /** Makes a remote folder (and parents); sets mode and mtime when given. */
-  async mkdir(name: string, mode?: number, mtime?: number): Promise<void> {
-    await this.settle();
-    await this.channel.sendMessage({ op: "mkdir", name, mode, mtime });
-    expectOk(await this.channel.recvMessage());
+  mkdir(name: string, mode?: number, mtime?: number): Promise<void> {
+    return this.#queue.run(async () => {
+      await this.channel.sendMessage({ op: "mkdir", name, mode, mtime });
+      expectOk(await this.channel.recvMessage());
+    });
   }
 
   /** Makes a remote symlink (target relative, staying inside the server's root). */
-  async symlink(name: string, target: string, force = false): Promise<void> {
-    await this.settle();
-    await this.channel.sendMessage({ op: "symlink", name, target, force });
-    expectOk(await this.channel.recvMessage());
+  symlink(name: string, target: string, force = false): Promise<void> {
+    return this.#queue.run(async () => {
+      await this.channel.sendMessage({ op: "symlink", name, target, force });
+      expectOk(await this.channel.recvMessage());
+    });
   }
 
   /**
@@ -393,23 +483,26 @@ export class EfxClient {
   }
 
   /** Lists the server's files matching an optional glob pattern. */
-  async list(pattern?: string, recursive = false): Promise<FileInfo[]> {
-    await this.settle();
-    await this.channel.sendMessage({ op: "ls", pattern, recursive });
-    return await this.#batches();
+  list(pattern?: string, recursive = false): Promise<FileInfo[]> {
+    return this.#queue.run(async () => {
+      await this.channel.sendMessage({ op: "ls", pattern, recursive });
+      return await this.#batches();
+    });
   }
 
   /** Removes a file on the server. */
-  async remove(name: string): Promise<void> {
-    await this.settle();
-    await this.channel.sendMessage({ op: "rm", name });
-    expectOk(await this.channel.recvMessage());
+  remove(name: string): Promise<void> {
+    return this.#queue.run(async () => {
+      await this.channel.sendMessage({ op: "rm", name });
+      expectOk(await this.channel.recvMessage());
+    });
   }
 
   /** Ends the session in order. */
-  async close(): Promise<void> {
-    await this.settle();
-    await this.channel.closeAndWait(); // the server's answer may report a last failure
+  close(): Promise<void> {
+    return this.#queue.run(async () => {
+      await this.channel.closeAndWait(); // the server's answer may report a last failure
+    });
   }
 }
 
@@ -418,17 +511,17 @@ function putRequest(
   name: string,
   size: number,
   st: Deno.FileInfo,
-  opts: { force?: boolean },
-  mode: { pipelined: true } | { resume: boolean },
+  opts: { force?: boolean; mode?: number },
+  form: { pipelined: true } | { resume: boolean },
 ) {
   return {
     op: "put",
     name,
     size,
-    mode: (st.mode ?? 0o644) & 0o777,
+    mode: (opts.mode ?? st.mode ?? 0o644) & 0o777,
     mtime: st.mtime?.getTime() ?? Date.now(),
     force: opts.force === true,
-    ...mode,
+    ...form,
   };
 }
 
@@ -453,13 +546,14 @@ function checkStored(
 const swept = new Set<string>();
 
 /**
- * Removes temp files that an earlier, killed download left in `dir` (once
- * per folder and process; live downloads are recognised by their lock).
+ * Removes temp files that an earlier, killed download left in `dir`, however
+ * young (once per folder and process; live downloads are recognised by
+ * their lock: see local_temps.ts).
  */
-async function sweepOnce(dir: string): Promise<void> {
+export async function sweepOnce(dir: string): Promise<void> {
   if (swept.has(dir)) return;
   swept.add(dir);
-  await removeStaleTemps(dir, 60_000).catch(() => 0);
+  await removeOrphanTemps(dir).catch(() => 0);
 }
 
 /**

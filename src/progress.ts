@@ -108,24 +108,69 @@ function formatEta(sec: number): string {
 }
 
 /**
- * Replaces control characters (which could move the cursor or change the
- * terminal: a remote file name is untrusted) with `?`.
+ * Columns one code point takes on a terminal: 0 for combining marks,
+ * zero-width joiners and variation selectors, 2 for East Asian wide and
+ * fullwidth characters (CJK, Hangul, kana, fullwidth forms) and emoji shown
+ * as pictures, 1 otherwise.
  */
-
-/** Shortens `text` to `width` characters with a "…" in the middle (keeps the extension). */
-function truncateMiddle(text: string, width: number): string {
-  const chars = Array.from(text);
-  if (chars.length <= width) return text;
-  if (width <= 0) return "";
-  if (width === 1) return "…";
-  const tail = Math.floor((width - 1) / 2);
-  const head = width - 1 - tail;
-  return chars.slice(0, head).join("") + "…" + chars.slice(chars.length - tail).join("");
+export function charWidth(ch: string): number {
+  const cp = ch.codePointAt(0) ?? 0;
+  if (ZERO_WIDTH.test(ch)) return 0;
+  if (EMOJI.test(ch)) return 2;
+  for (const [lo, hi] of WIDE) if (cp >= lo && cp <= hi) return 2;
+  return 1;
 }
 
-/** Display width (code points; good enough for names without wide characters). */
-function widthOf(text: string): number {
-  return Array.from(text).length;
+const ZERO_WIDTH = /^[\p{Mn}\p{Me}\u200b-\u200f\u2060\ufe00-\ufe0f\ufeff]$/u;
+const EMOJI = /^\p{Emoji_Presentation}$/u;
+/** East Asian Wide (W) and Fullwidth (F) ranges, simplified. */
+const WIDE: ReadonlyArray<readonly [number, number]> = [
+  [0x1100, 0x115f],
+  [0x2e80, 0x303e],
+  [0x3041, 0x33ff],
+  [0x3400, 0x4dbf],
+  [0x4e00, 0x9fff],
+  [0xa000, 0xa4cf],
+  [0xa960, 0xa97f],
+  [0xac00, 0xd7a3],
+  [0xf900, 0xfaff],
+  [0xfe10, 0xfe19],
+  [0xfe30, 0xfe6f],
+  [0xff00, 0xff60],
+  [0xffe0, 0xffe6],
+  [0x1f300, 0x1f64f],
+  [0x1f900, 0x1f9ff],
+  [0x20000, 0x3fffd],
+];
+
+/** Display width of `text` in terminal columns (see {@linkcode charWidth}). */
+export function widthOf(text: string): number {
+  let w = 0;
+  for (const ch of text) w += charWidth(ch);
+  return w;
+}
+
+/** The longest start of `chars` that fits in `width` columns. */
+function headFitting(chars: string[], width: number): string {
+  let w = 0;
+  let i = 0;
+  while (i < chars.length && w + charWidth(chars[i]) <= width) w += charWidth(chars[i++]);
+  return chars.slice(0, i).join("");
+}
+
+/**
+ * Shortens `text` to at most `width` columns with a "…" in the middle
+ * (keeps the extension); wide characters count as two columns.
+ */
+export function truncateMiddle(text: string, width: number): string {
+  if (widthOf(text) <= width) return text;
+  if (width <= 0) return "";
+  if (width === 1) return "…";
+  const chars = Array.from(text);
+  const tailRoom = Math.floor((width - 1) / 2);
+  const tail = Array.from(headFitting([...chars].reverse(), tailRoom)).reverse().join("");
+  const head = headFitting(chars, width - 1 - widthOf(tail));
+  return head + "…" + tail;
 }
 
 /** Options of {@linkcode Progress}. */
@@ -138,8 +183,12 @@ export interface ProgressOptions {
   enabled: boolean;
   /** Where to draw (default: stderr). */
   out?: { writeSync(p: Uint8Array): number };
-  /** Terminal width (default: the console's width, else 80). */
-  columns?: number;
+  /**
+   * Terminal width: a number, or a function asked at every redraw (default:
+   * the console's width at every redraw, so a resized window is followed;
+   * 80 when unknown).
+   */
+  columns?: number | (() => number);
   /** Monotonic clock in milliseconds (default: `performance.now`). */
   now?: () => number;
 }
@@ -170,7 +219,7 @@ export class Progress {
   readonly #total: number;
   readonly #enabled: boolean;
   readonly #out: { writeSync(p: Uint8Array): number };
-  readonly #columns: number;
+  readonly #columns: () => number;
   readonly #now: () => number;
   readonly #start: number;
   readonly #encoder = new TextEncoder();
@@ -188,7 +237,8 @@ export class Progress {
     this.#enabled = opts.enabled;
     this.#out = opts.out ?? Deno.stderr;
     this.#now = opts.now ?? (() => performance.now());
-    this.#columns = opts.columns ?? consoleColumns();
+    const cols = opts.columns ?? consoleColumns;
+    this.#columns = typeof cols === "number" ? () => cols : cols;
     this.#start = this.#now();
     this.#samples = [[this.#start, 0]];
   }
@@ -206,6 +256,17 @@ export class Progress {
     if (t - this.#lastDraw >= REDRAW_MS || (complete && !this.#drewComplete)) {
       this.#draw(t, false);
     }
+  }
+
+  /**
+   * Ends the display of a transfer that did not finish (interrupted or
+   * failed): the last drawn line stays as it was and gets its newline, with
+   * no final "in N s" redraw. Later calls (and `done`) do nothing.
+   */
+  abandon(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    if (this.#enabled && this.#lastDraw > -Infinity) this.#write("\n");
   }
 
   /** Final redraw and newline (when enabled). Later calls do nothing. */
@@ -268,7 +329,9 @@ export class Progress {
       `${percent}  ${tail}`,
       percent.trim(),
     ];
-    const width = Math.max(1, Math.floor(this.#columns) - 1); // never touch the last column
+    const columns = this.#columns();
+    // Never touch the last column (a write there wraps on some terminals).
+    const width = Math.max(1, Math.floor(Number.isFinite(columns) ? columns : 80) - 1);
     const name = this.#name;
     const nameWidth = widthOf(name);
 
@@ -314,7 +377,10 @@ function consoleColumns(): number {
 /**
  * One summary line: `"<name>: <bytes> in <time> (<rate>), sha256 <hex>"`,
  * with `verb` (e.g. `"sent"`) before the size when given. Control characters
- * in the name are shown as `?`.
+ * in the name are shown as `?`. With `shortHash`, only the first 12 hex
+ * digits of the hash are shown (followed by "…"); with `columns`, a long
+ * name is shortened in the middle so that the line fits in that many
+ * columns (wide characters count as two).
  *
  * @example
  * ```ts
@@ -323,12 +389,33 @@ function consoleColumns(): number {
  * ```
  */
 export function summaryLine(
-  s: { name: string; bytes: number; ms: number; sha256: string; verb?: string },
+  s: {
+    name: string;
+    bytes: number;
+    ms: number;
+    sha256: string;
+    verb?: string;
+    shortHash?: boolean;
+    columns?: number;
+  },
 ): string {
   const rate = s.ms > 0 ? s.bytes * 1000 / s.ms : s.bytes > 0 ? Infinity : 0;
   const verb = s.verb ? `${s.verb} ` : "";
-  return `${sanitize(s.name)}: ${verb}${formatBytes(s.bytes)} in ${formatDuration(s.ms)} ` +
-    `(${formatRate(rate)}), sha256 ${s.sha256}`;
+  const hash = s.shortHash ? `${s.sha256.slice(0, 12)}…` : s.sha256;
+  const rest = `: ${verb}${formatBytes(s.bytes)} in ${formatDuration(s.ms)} ` +
+    `(${formatRate(rate)}), sha256 ${hash}`;
+  let name = sanitize(s.name);
+  if (s.columns !== undefined) name = truncateMiddle(name, Math.max(8, s.columns - widthOf(rest)));
+  return name + rest;
+}
+
+/**
+ * The line after several files: `"total: 3 files, 12.0 MiB in 1.20s (10.5 MB/s)"`.
+ */
+export function totalLine(files: number, bytes: number, ms: number): string {
+  const rate = ms > 0 ? bytes * 1000 / ms : bytes > 0 ? Infinity : 0;
+  return `total: ${files} files, ${formatBytes(bytes)} in ${formatDuration(ms)} ` +
+    `(${formatRate(rate)})`;
 }
 
 /** true when stderr is a TTY (`Deno.stderr.isTerminal()`) and `quiet` is not set. */

@@ -1,11 +1,22 @@
 /**
  * The interactive prompt (`efx` with no subcommand, or `efx shell`): one
- * connection, one command per line. Errors are printed and the prompt goes
- * on; it ends on `quit`, end of input, or when the connection breaks.
+ * command per line over one connection. Errors are printed and the prompt
+ * goes on.
+ *
+ * On a terminal the prompt is node:readline: line editing, history (up and
+ * down arrows), tab completion of commands and local paths. Ctrl-C at the
+ * prompt clears the line; Ctrl-C during a transfer cancels that transfer
+ * only (its temp file is removed; the connection, which cannot be stopped
+ * half-way through a stream, is opened again for the next command); Ctrl-D
+ * on an empty line leaves. Fed from a pipe or a file, it reads plain lines,
+ * ends at end of input or when the connection breaks, and exits with the
+ * first failure's code.
  *
  * @module
  */
-import { basename } from "node:path";
+import { basename, join } from "node:path";
+import process from "node:process";
+import { createInterface, type Interface } from "node:readline";
 import type { EfxClient } from "./client.ts";
 import {
   CONNECT_FLAGS,
@@ -13,6 +24,7 @@ import {
   connectFromFlags,
   getOne,
   getTree,
+  InterruptedError,
   listingLine,
   onInterrupt,
   putOne,
@@ -23,17 +35,32 @@ import {
 import { parseFlags } from "./cli/flags.ts";
 import { folderName } from "./folders.ts";
 import { describeError, exitCodeOf, UsageError } from "./errors.ts";
+import { sanitize } from "./bytes.ts";
 
 export const SHELL_HELP = `commands:
   put LOCAL [REMOTE] [-f] [-r]  upload a file (-f replaces an existing one; -r a folder)
   get REMOTE [LOCAL] [-f] [-r]  download a file (-f replaces an existing local file; -r a folder)
   reput LOCAL [REMOTE] [-f]     upload, continuing an interrupted upload
   reget REMOTE [LOCAL] [-f]     download, continuing an interrupted download
-  ls [PATTERN] [-r]             list files (-r: with subfolders)
+  ls [PATTERN] [-l] [-h] [-r]   list files (-l: link targets; -h: KiB/MiB; -r: subfolders)
   rm NAME                       remove a file on the server
   help                          this text
   quit                          leave (also: exit, Ctrl-D)
-Names with spaces go in quotes: put "my file.txt"`;
+Names with spaces go in quotes: put "my file.txt". On a terminal: arrows for history and
+editing, Tab completes commands and local paths, Ctrl-C cancels the transfer under way.`;
+
+/** The words the prompt knows, for completion. */
+export const SHELL_COMMANDS = [
+  "put",
+  "get",
+  "reput",
+  "reget",
+  "ls",
+  "rm",
+  "help",
+  "quit",
+  "exit",
+];
 
 /** Splits a command line into words; double or single quotes group, backslash escapes in double quotes. */
 export function splitWords(line: string): string[] {
@@ -86,7 +113,10 @@ export async function runShellLine(client: EfxClient, line: string, ui: Ui): Pro
   const [cmd, ...rest] = words;
   const force = rest.includes("-f") || rest.includes("--force");
   const recursive = rest.includes("-r");
-  const args = rest.filter((w) => !["-f", "--force", "-r"].includes(w));
+  const flags = ["-f", "--force", "-r", ...(cmd === "ls" ? ["-l", "-h", "-lh", "-hl"] : [])];
+  const args = rest.filter((w) => !flags.includes(w));
+  const long = rest.some((w) => w === "-l" || w === "-lh" || w === "-hl");
+  const human = rest.some((w) => w === "-h" || w === "-lh" || w === "-hl");
   switch (cmd) {
     case "quit":
     case "exit":
@@ -117,8 +147,10 @@ export async function runShellLine(client: EfxClient, line: string, ui: Ui): Pro
       return true;
     }
     case "ls":
-      if (args.length > 1) throw new UsageError("usage: ls [PATTERN] [-r]");
-      for (const e of await client.list(args[0], recursive)) ui.out(listingLine(e));
+      if (args.length > 1) throw new UsageError("usage: ls [PATTERN] [-l] [-h] [-r]");
+      for (const e of await client.list(args[0], recursive)) {
+        ui.out(listingLine(e, { long, human }));
+      }
       return true;
     case "rm":
       if (args.length !== 1) throw new UsageError("usage: rm NAME");
@@ -142,15 +174,15 @@ export async function shellCommand(args: string[]): Promise<number> {
   }
   const ui = uiFromFlags(v);
   const client = await connectFromFlags(v, ui);
-  // Ctrl-C during a transfer aborts it (its temp file is removed) and ends
-  // the session; at the prompt it just leaves.
+  if (isTerminal(Deno.stdin) && isTerminal(Deno.stdout)) {
+    return await interactive(client, () => connectFromFlags(v, ui), ui);
+  }
+  // From a pipe: Ctrl-C or SIGTERM during a transfer aborts it (its temp
+  // file is removed) and ends the run with "efx: interrupted".
   let busy = false;
   const interrupt = onInterrupt(() => {
     client.channel.abort();
-    if (!busy) {
-      ui.err("");
-      Deno.exit(0);
-    }
+    if (!busy) Deno.exit(0);
   });
   const setBusy = (b: boolean) => busy = b;
   try {
@@ -160,22 +192,21 @@ export async function shellCommand(args: string[]): Promise<number> {
   }
 }
 
+function isTerminal(stream: { isTerminal(): boolean }): boolean {
+  try {
+    return stream.isTerminal();
+  } catch {
+    return false;
+  }
+}
+
 async function runShell(
   client: EfxClient,
   ui: Ui,
   interrupt: ReturnType<typeof onInterrupt>,
   setBusy: (busy: boolean) => void,
 ): Promise<number> {
-  let tty = false;
-  try {
-    tty = Deno.stdin.isTerminal();
-  } catch { /* no stdin */ }
-  const prompt = () => {
-    if (tty) Deno.stdout.writeSync(new TextEncoder().encode("efx> "));
-  };
-  if (tty) ui.out(`connected; type 'help' for commands`);
   let code = 0;
-  prompt();
   for await (const line of stdinLines()) {
     try {
       setBusy(true);
@@ -190,8 +221,137 @@ async function runShell(
       }
     }
     setBusy(false);
-    prompt();
   }
   await client.close();
-  return tty ? 0 : code;
+  return code;
+}
+
+/**
+ * Completions for the line typed so far: command names for the first word,
+ * local paths (folders with a trailing "/") where a local path goes: the
+ * first argument of put/reput, the second of get/reget.
+ */
+export function completeLine(line: string): [string[], string] {
+  const m = /^(\s*)(\S*)$/.exec(line);
+  if (m) {
+    const hits = SHELL_COMMANDS.filter((c) => c.startsWith(m[2]));
+    return [hits.map((c) => c + " "), m[2]];
+  }
+  const words = line.trimStart().split(/\s+/);
+  const cmd = words[0];
+  const argIndex = words.filter((w, i) => i > 0 && !w.startsWith("-")).length;
+  const last = words.at(-1) ?? "";
+  const wantsLocal = ((cmd === "put" || cmd === "reput") && argIndex === 1) ||
+    ((cmd === "get" || cmd === "reget") && argIndex === 2);
+  if (!wantsLocal || last.startsWith("-") || last.includes('"') || last.includes("'")) {
+    return [[], last];
+  }
+  return [completePath(last), last];
+}
+
+/** Local names starting with `partial` (relative to the current folder). */
+function completePath(partial: string): string[] {
+  const slash = partial.lastIndexOf("/");
+  const dir = slash >= 0 ? partial.slice(0, slash + 1) : "";
+  const prefix = partial.slice(slash + 1);
+  const out: string[] = [];
+  try {
+    for (const e of Deno.readDirSync(dir === "" ? "." : dir)) {
+      if (!e.name.startsWith(prefix)) continue;
+      if (e.name.startsWith(".") && !prefix.startsWith(".")) continue;
+      let isDir = e.isDirectory;
+      if (e.isSymlink) {
+        try {
+          isDir = Deno.statSync(join(dir === "" ? "." : dir, e.name)).isDirectory;
+        } catch { /* broken link */ }
+      }
+      out.push(dir + e.name + (isDir ? "/" : " "));
+    }
+  } catch { /* unreadable folder: nothing to offer */ }
+  return out.sort();
+}
+
+/** The prompt on a terminal (see the module text). */
+async function interactive(
+  first: EfxClient,
+  reconnect: () => Promise<EfxClient>,
+  ui: Ui,
+): Promise<number> {
+  let client: EfxClient | undefined = first;
+  const rl: Interface = createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    terminal: true,
+    historySize: 1000,
+    removeHistoryDuplicates: true,
+    prompt: "efx> ",
+    completer: (line: string) => completeLine(line),
+  });
+  // Ctrl-C at the prompt: drop the line, like a shell.
+  rl.on("SIGINT", () => {
+    process.stdout.write("^C\n");
+    rl.write(null, { ctrl: true, name: "u" });
+    rl.prompt();
+  });
+  const lines: string[] = [];
+  let wake: (() => void) | undefined;
+  let closed = false;
+  rl.on("line", (line: string) => {
+    lines.push(line);
+    wake?.();
+  });
+  rl.on("close", () => {
+    closed = true;
+    wake?.();
+  });
+  const next = async (): Promise<string | null> => {
+    while (lines.length === 0 && !closed) await new Promise<void>((r) => wake = r);
+    return lines.shift() ?? null;
+  };
+  ui.out(`connected; type 'help' for commands, Tab to complete, Ctrl-D to leave`);
+  try {
+    while (true) {
+      rl.prompt();
+      const line = await next();
+      if (line === null) {
+        process.stdout.write("\n"); // Ctrl-D: end the prompt's line
+        break;
+      }
+      if (line.trim() === "") continue;
+      // While a command runs the terminal is back in its normal mode, so
+      // Ctrl-C is a real SIGINT: it aborts this transfer's connection.
+      rl.pause();
+      setRaw(false);
+      const interrupt = onInterrupt(() => client?.channel.abort());
+      let leave = false;
+      try {
+        client ??= await reconnect();
+        leave = !(await runShellLine(client, line, ui));
+      } catch (err) {
+        if (interrupt.signal === "SIGTERM") throw new InterruptedError("SIGTERM");
+        if (interrupt.signal) ui.err("efx: interrupted; the transfer was cancelled");
+        else ui.err(`efx: ${sanitize(describeError(err))}`);
+      } finally {
+        interrupt.dispose();
+        if (client?.channel.broken) {
+          client.channel.abort();
+          client = undefined; // connect again for the next command
+        }
+        setRaw(true);
+        rl.resume();
+      }
+      if (leave) break;
+    }
+  } finally {
+    rl.close();
+    if (client && !client.channel.broken) await client.close().catch(() => {});
+    else client?.channel.abort();
+  }
+  return 0;
+}
+
+function setRaw(on: boolean): void {
+  try {
+    process.stdin.setRawMode?.(on);
+  } catch { /* not a terminal any more */ }
 }

@@ -20,6 +20,7 @@ import {
   type EfxResult,
   freePort,
   listTree,
+  MAIN_TS,
   makeWorkDir,
   randomFile,
   sha256File,
@@ -27,6 +28,7 @@ import {
   startServer,
   tempFilesIn,
   type TestServer,
+  waitFor,
 } from "./helpers/server.ts";
 
 /** The server shared by the tests of this file; stopped by the last test. */
@@ -488,6 +490,108 @@ Deno.test("ls shows mode, size, mtime and name; ls PATTERN filters", async () =>
     assert.equal(big.length, 2500);
     assert.match(big[0], / lsmany\/f0000$/);
     assert.match(big[2499], / lsmany\/f2499$/);
+  });
+});
+
+// ---- the prompt on a real terminal ----
+
+/**
+ * The CLI on a real pseudo-terminal (`script` from util-linux): keys are
+ * written to its input, everything the terminal shows is collected.
+ */
+function onPty(args: string[], cwd: string) {
+  const q = (w: string) => `'${w.replaceAll("'", `'\\''`)}'`;
+  const cmd = ["exec", Deno.execPath(), "run", "-A", MAIN_TS, ...args].map((w, i) =>
+    i === 0 ? w : q(w)
+  ).join(" ");
+  const proc = new Deno.Command("script", {
+    args: ["-qfec", cmd, "/dev/null"],
+    cwd,
+    env: { NO_COLOR: "1", TERM: "xterm" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let screen = "";
+  const reading = (async () => {
+    for await (const chunk of proc.stdout.pipeThrough(new TextDecoderStream())) screen += chunk;
+  })();
+  const keys = proc.stdin.getWriter();
+  return {
+    screen: () => screen,
+    /** Types `text` (control characters included). */
+    type: (text: string) => keys.write(new TextEncoder().encode(text)),
+    /** Waits until the terminal shows `re` after position `from`; returns the new position. */
+    async expect(re: RegExp, from = 0, timeoutMs = 20_000): Promise<number> {
+      await waitFor(() => {
+        const m = re.exec(screen.slice(from));
+        return m ? true : false;
+      }, { timeoutMs, what: () => `${re} on the terminal; it shows:\n${screen.slice(from)}` });
+      const m = re.exec(screen.slice(from))!;
+      return from + m.index + m[0].length;
+    },
+    async end(): Promise<Deno.CommandStatus> {
+      await keys.close().catch(() => {});
+      const status = await proc.status;
+      await reading;
+      await proc.stderr.cancel();
+      return status;
+    },
+    kill: () => {
+      try {
+        proc.kill("SIGKILL");
+      } catch { /* already ended */ }
+    },
+  };
+}
+
+Deno.test("prompt on a terminal: Tab completes, arrows recall history, Ctrl-C cancels only the transfer, Ctrl-D quits", async () => {
+  await withWork(async (work) => {
+    await Deno.writeTextFile(join(work, "pty-local.txt"), "typed on a terminal\n");
+    const big = join(S.root, "pty-big.bin");
+    await randomFile(big, 200 * 1000 * 1000);
+    const t = onPty(["shell", ...clientArgs(S)], work);
+    try {
+      let at = await t.expect(/efx> /);
+      // Tab completes the command and the local path.
+      await t.type("pu\t");
+      at = await t.expect(/put /, at);
+      await t.type("pty-lo\t");
+      at = await t.expect(/pty-local\.txt/, at);
+      await t.type("pty-one.txt\r"); // the completion ended with a space
+      at = await t.expect(/pty-one\.txt: uploaded .*\r?\n.*efx> /, at);
+      await assertSameFile(join(S.root, "pty-one.txt"), join(work, "pty-local.txt"));
+      // Up arrow brings the line back; edit it (backspace over "one.txt", left arrow, insert).
+      await t.type("\x1b[A");
+      at = await t.expect(/put pty-local\.txt pty-one\.txt/, at);
+      await t.type("\x7f".repeat(7) + "two.txt" + "\x1b[D".repeat(4) + "-2\r");
+      at = await t.expect(/pty-two-2\.txt: uploaded/, at);
+      await assertSameFile(join(S.root, "pty-two-2.txt"), join(work, "pty-local.txt"));
+      // Ctrl-C during a download cancels it, leaves no temp, and the prompt goes on.
+      await t.type("get pty-big.bin got.bin\r");
+      at = await t.expect(/pty-big\.bin .*\d+%/, at);
+      await t.type("\x03");
+      at = await t.expect(/efx: interrupted; the transfer was cancelled\r?\n.*efx> /, at);
+      assert.deepEqual(await listTree(work), ["pty-local.txt"], "nothing left of the download");
+      await t.type("ls pty-t*\r");
+      at = await t.expect(/ pty-two-2\.txt\r?\n.*efx> /, at);
+      // Ctrl-C at the prompt drops the line only.
+      await t.type("rm pty-two-2.txt\x03");
+      at = await t.expect(/\^C\r?\n.*efx> /, at);
+      assert.ok(await Deno.stat(join(S.root, "pty-two-2.txt")), "the dropped line did not run");
+      // Ctrl-D quits with a newline, exit 0.
+      await t.type("\x04");
+      const status = await t.end();
+      assert.equal(status.code, 0, t.screen());
+      assert.doesNotMatch(t.screen(), /unknown command/);
+      assert.match(t.screen(), /efx> (\x1b\[\d+G)?\r?\n$/, "Ctrl-D ends the prompt's line");
+    } finally {
+      t.kill();
+      await t.end().catch(() => {});
+      for (const f of ["pty-big.bin", "pty-one.txt", "pty-two-2.txt"]) {
+        await Deno.remove(join(S.root, f)).catch(() => {});
+      }
+    }
   });
 });
 

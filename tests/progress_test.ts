@@ -7,6 +7,9 @@ import {
   type ProgressOptions,
   progressWanted,
   summaryLine,
+  totalLine,
+  truncateMiddle,
+  widthOf,
 } from "../src/progress.ts";
 
 const KiB = 1024;
@@ -281,4 +284,72 @@ Deno.test("Progress: a failing output never throws into the transfer", () => {
   });
   p.add(5);
   p.done();
+});
+
+Deno.test("widthOf and truncateMiddle: wide (CJK, emoji) characters take two columns", () => {
+  assert.equal(widthOf("abc"), 3);
+  assert.equal(widthOf("日本語"), 6);
+  assert.equal(widthOf("🎉"), 2);
+  assert.equal(widthOf("한국어"), 6);
+  assert.equal(widthOf("ｆｕｌｌ"), 8, "fullwidth forms");
+  assert.equal(widthOf("e\u0301"), 1, "a combining accent takes no column");
+  const name = "日本語のファイル名と絵文字🎉.txt"; // 14 wide + 4 narrow
+  assert.equal(widthOf(name), 32);
+  for (let w = 1; w <= 32; w++) {
+    const t = truncateMiddle(name, w);
+    assert.ok(widthOf(t) <= w, `${w}: ${t} is ${widthOf(t)} columns`);
+    if (w >= 10) assert.ok(t.endsWith(".txt"), `${w}: ${t} keeps the extension`);
+  }
+  assert.equal(truncateMiddle(name, 32), name);
+  assert.notEqual(truncateMiddle(name, 31), name);
+});
+
+Deno.test("Progress: the width is asked again at every redraw (a resized terminal is followed)", () => {
+  let columns = 120;
+  const h = harness({ name: "日本語のファイル名.iso", columns: () => columns, total: 100 * MiB });
+  for (const c of [120, 60, 30, 200, 12, 80]) {
+    columns = c;
+    h.clock.t += 200;
+    h.p.add(MiB);
+    const f = h.frames().at(-1)!;
+    assert.ok(widthOf(f) <= c - 1, `${c} columns: ${JSON.stringify(f)} is ${widthOf(f)} wide`);
+    if (c >= 120) assert.match(f, /\[#*-+\]/, `${c}: a bar`);
+  }
+  assert.equal(h.frames().length, 6);
+});
+
+Deno.test("Progress: abandon() keeps the last line, adds only its newline", () => {
+  const h = harness();
+  h.p.add(MiB);
+  const drawn = h.chunks.length;
+  h.p.abandon();
+  assert.deepEqual(h.chunks.slice(drawn), ["\n"]);
+  h.p.done();
+  assert.equal(h.chunks.length, drawn + 1, "done() after abandon() draws nothing");
+  const quiet = harness();
+  quiet.p.abandon();
+  assert.deepEqual(quiet.chunks, [], "nothing drawn, nothing to end");
+});
+
+Deno.test("summaryLine: short hash and a width to fit; totalLine", () => {
+  const sha = "0123456789abcdef".repeat(4);
+  const line = summaryLine({
+    name: "x".repeat(100) + ".bin",
+    bytes: 5 * MiB,
+    ms: 1000,
+    sha256: sha,
+    verb: "uploaded",
+    shortHash: true,
+    columns: 80,
+  });
+  assert.ok(widthOf(line) <= 80, line);
+  assert.match(
+    line,
+    /^x+…x*\.bin: uploaded 5\.0 MiB in 1\.00s \(5\.2 MB\/s\), sha256 0123456789ab…$/,
+  );
+  assert.equal(
+    summaryLine({ name: "a", bytes: 1, ms: 1, sha256: sha, shortHash: true, columns: 80 }),
+    "a: 1 B in 0.00s (1.0 kB/s), sha256 0123456789ab…",
+  );
+  assert.equal(totalLine(3, 12 * MiB, 1200), "total: 3 files, 12.0 MiB in 1.20s (10.5 MB/s)");
 });

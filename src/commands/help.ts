@@ -1,5 +1,6 @@
 /**
- * The top-level help text.
+ * The top-level help text: every command with its options. Each command's
+ * `--help` gives the details (src/commands/client.ts, src/shell.ts, ...).
  *
  * @module
  */
@@ -8,18 +9,35 @@ export const HELP =
   `efx: secure file transfer (server authenticated by its RSA key; HMAC-SHA256 channel)
 
 usage:
+  efx upload FILE... [--as NAME] [-f] [--resume] [-r]
+                                    send files (-r: folders); 'upload - --as NAME' reads stdin
+  efx download NAME... [-o PATH] [-f] [--resume] [-r]
+                                    fetch files; -o DIR/ makes DIR, -o - writes to stdout
+  efx ls [PATTERN] [-l] [-h] [-r]   list (-h: sizes in KiB/MiB/GiB; -r: subfolders)
+  efx rm NAME...                    remove files or links on the server
+  efx [shell]                       interactive prompt: put, get, reput, reget, ls, rm, quit
+  efx known-servers [list|remove HOST]
+                                    the trusted server keys; remove forgets one (like ssh-keygen -R)
+  efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem] ...
+                                    run the server (see 'efx serve --help')
   efx keygen [--bits 2048|3072|4096] [--out DIR] [--force] [--client]
-  efx fingerprint FILE
-  efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem]
-  efx upload FILE... [--as NAME] [--force]
-  efx download NAME... [-o PATH] [--force]
-  efx ls [PATTERN] [-r]
-  efx rm NAME...
-  efx known-servers [list|remove HOST]   trusted server keys; remove forgets one
-  efx [shell]                       interactive prompt: put, get, ls, rm, help, quit
+                                    make a server key pair (--client: a client identity)
+  efx fingerprint FILE              show a key's SHA256:... fingerprint
+  efx help | --help | -h            this text
+  efx --version | -V                version and protocol
 
-Client commands take: --server HOST:PORT (default $EFX_SERVER or localhost:9000),
+Transfer options:
+  -f, --force      replace an existing file at the destination
+  --resume         continue an interrupted transfer where it stopped (the SHA-256 of the
+                   part already there is compared first; the whole file is checked at the end)
+  -r, --recursive  whole folders, with empty folders, modes, mtimes and inner links
+  -o, --output PATH  (download) a file, a folder, DIR/ (created), or - for stdout
+  --as NAME        (upload) the name on the server
+
+Client commands also take: -s, --server HOST:PORT (default $EFX_SERVER or localhost:9000),
   --server-key FILE | --fingerprint SHA256:... | --known-servers FILE [--accept-new],
-  --quiet, --verbose. 'efx COMMAND --help' shows each command's options.
+  -i, --identity FILE, --handshake-timeout S, -q, --quiet, -v, --verbose (both SHA-256 values).
+'efx COMMAND --help' shows each command's options.
 
-Exit codes: 0 ok, 1 transfer or remote error, 2 usage error, 3 trust/authentication failure.`;
+Exit codes: 0 ok, 1 transfer or remote error, 2 usage error, 3 trust/authentication failure,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).`;
