@@ -107,9 +107,9 @@ function closePeers(peers: RawPeer[]): void {
 /** A client identity listed in a fresh authorized-clients file. */
 async function listedClient(dir: string) {
   const r = await writeKeyPair(join(dir, "client"), { bits: 2048, prefix: "client" });
-  const acPath = join(dir, "authorized_clients");
-  await Deno.writeTextFile(acPath, `${r.fingerprint}\n`);
-  return { acPath, identity: await loadClientIdentity(r.privatePath) };
+  // Written by startServer into keys/authorized_clients (readable under the serve task's flags).
+  const acl = `${r.fingerprint}\n`;
+  return { acl, identity: await loadClientIdentity(r.privatePath) };
 }
 
 function connectAs(server: TestServer, identity?: Awaited<ReturnType<typeof loadClientIdentity>>) {
@@ -308,8 +308,8 @@ Deno.test("resources: --max-memory holds back connections that start large recor
 
 Deno.test("resources: before authenticating, a client may send only small records", async () => {
   const dir = await makeWorkDir();
-  const { acPath } = await listedClient(dir);
-  const server = await startServer({ args: ["--authorized-clients", acPath] });
+  const { acl } = await listedClient(dir);
+  const server = await startServer({ authorizedClients: acl });
   try {
     const { conn } = await rawPeer(server);
     await conn.write(encodeHeader(RecordType.MSG, 0, 256 * 1024));
@@ -326,11 +326,12 @@ Deno.test("resources: before authenticating, a client may send only small record
 
 Deno.test("resources: 256 idle anonymous connections do not lock an authorized client out (global cap)", async () => {
   const dir = await makeWorkDir();
-  const { acPath, identity } = await listedClient(dir);
+  const { acl, identity } = await listedClient(dir);
   // Every peer comes from 127.0.0.1: the per-address cap is raised so that
   // the global cap (256) is the one reached.
   const server = await startServer({
-    args: ["--authorized-clients", acPath, "--max-per-address", "1000"],
+    authorizedClients: acl,
+    args: ["--max-per-address", "1000"],
   });
   let peers: RawPeer[] = [];
   try {
@@ -354,9 +355,10 @@ Deno.test("resources: 256 idle anonymous connections do not lock an authorized c
 
 Deno.test("resources: one address's idle connections stop at the per-address cap and do not lock out an authorized client", async () => {
   const dir = await makeWorkDir();
-  const { acPath, identity } = await listedClient(dir);
+  const { acl, identity } = await listedClient(dir);
   const server = await startServer({
-    args: ["--authorized-clients", acPath, "--max-per-address", "8"],
+    authorizedClients: acl,
+    args: ["--max-per-address", "8"],
   });
   let peers: RawPeer[] = [];
   try {
@@ -379,9 +381,10 @@ Deno.test("resources: one address's idle connections stop at the per-address cap
 
 Deno.test("resources: with --authorized-clients, a connection that does not authenticate in time is dropped", async () => {
   const dir = await makeWorkDir();
-  const { acPath } = await listedClient(dir);
+  const { acl } = await listedClient(dir);
   const server = await startServer({
-    args: ["--authorized-clients", acPath, "--auth-timeout", "1"],
+    authorizedClients: acl,
+    args: ["--auth-timeout", "1"],
   });
   try {
     const { ch } = await rawPeer(server);
