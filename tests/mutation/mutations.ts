@@ -416,6 +416,34 @@ export const MUTATIONS: Mutation[] = [
     why: "download --resume would write through a planted link",
   },
   {
+    id: "known-servers-malformed",
+    file: "src/trust.ts",
+    find: "if (broken !== undefined) {",
+    replace: "if (false) {",
+    tests: ["tests/hostile_client_test.ts"],
+    filter: "10:",
+    why:
+      "a damaged known_servers line for this server would make it look unknown, open to --accept-new",
+  },
+  {
+    id: "handshake-alert-unverified",
+    file: "src/handshake.ts",
+    find: 'if (peer === "server") {',
+    replace: "if (false) {",
+    tests: ["tests/hostile_client_test.ts"],
+    filter: "9:",
+    why: "a forged, unauthenticated alert would be shown as the server's words with exit 3",
+  },
+  {
+    id: "close-waits",
+    file: "src/channel.ts",
+    find: "await Promise.race([answered, deadline]);",
+    replace: "",
+    tests: ["tests/hostile_client_test.ts"],
+    filter: "13:",
+    why: "a failure the server detects at the very end would never reach the client",
+  },
+  {
     id: "mode-mask-file",
     file: "src/atomic_file.ts",
     find:
