@@ -365,3 +365,80 @@ Deno.test("review finding 6: a write client makes every recursive listing fail f
     await s.stop();
   }
 });
+
+Deno.test("review finding 7: the quota ledger grows without bound while the client owns almost nothing (mv back and forth)", async () => {
+  await withQuotaServer("100K", async (s, key) => {
+    const c = await connectAs(s, key.path);
+    // A long but valid name: every ledger line repeats it.
+    const long = (tag: string) => `${tag}`.padEnd(250, "n") + "/" + "m".repeat(250);
+    try {
+      await putStart(c, long("a"), 10);
+      assert.equal((await putFinish(c, new Uint8Array(10))).ok, true);
+      for (let i = 0; i < 300; i++) {
+        const [from, to] = i % 2 === 0 ? [long("a"), long("b")] : [long("b"), long("a")];
+        const r = await request(c, { op: "mv", from, to, force: false });
+        assert.equal(r.ok, true, JSON.stringify(r));
+      }
+    } finally {
+      await c.close().catch(() => {});
+    }
+    const usage = await bytesUnder(join(s.root, STAGING_DIR, "usage"));
+    assert.ok(
+      usage <= 64 * 1024,
+      `a client owning one 10-byte file made the server's quota ledger ${usage} bytes ` +
+        `(300 renames; it grows by ~2 kB per rename until the next restart, with no reserve or quota check)`,
+    );
+  });
+});
+
+Deno.test("review finding 8: one client announcing an upload it never sends locks every other client out of uploading", async () => {
+  const s = await startServer({ args: ["--min-free", "1M"] });
+  try {
+    const { statfsSync } = await import("node:fs");
+    const freeNow = () => {
+      const st = statfsSync(s.root);
+      return Number(st.bavail) * Number(st.bsize);
+    };
+    const free = freeNow();
+    const hog = await connectClient(s);
+    const other = await connectClient(s);
+    try {
+      // Announce all the free space above the 1 MiB reserve but 100 bytes,
+      // then send nothing (an idle connection is kept for 5 minutes, and a
+      // byte now and then keeps it). Retried if the disk moved meanwhile.
+      let granted = false;
+      for (let i = 0; i < 5 && !granted; i++) {
+        await hog.channel.sendMessage({
+          op: "put",
+          name: "hog.bin",
+          size: freeNow() - MB - 100,
+          mode: 0o644,
+          mtime: 0,
+          force: false,
+        });
+        granted = (await hog.channel.recvMessage()).ok === true;
+      }
+      assert.ok(granted, "the hog's upload was never granted");
+      await other.channel.sendMessage({
+        op: "put",
+        name: "small.txt",
+        size: 1000,
+        mode: 0o644,
+        mtime: 0,
+        force: false,
+      });
+      const r = await other.channel.recvMessage();
+      assert.equal(
+        r.ok,
+        true,
+        `a 1000-byte upload on a disk with ${(free / MB).toFixed(0)} MB free was refused: ` +
+          JSON.stringify(r),
+      );
+    } finally {
+      hog.channel.abort();
+      other.channel.abort();
+    }
+  } finally {
+    await s.stop();
+  }
+});
