@@ -442,3 +442,48 @@ Deno.test("review finding 8: one client announcing an upload it never sends lock
     await s.stop();
   }
 });
+
+Deno.test("review finding 9: mv of a folder under a deep folder makes names past PATH_MAX: listings then fail with the server's storage path, and rm -r cannot remove them", async () => {
+  const s = await startServer();
+  try {
+    const c = await connectClient(s);
+    const chain = (tag: string, n: number) =>
+      Array.from({ length: n }, (_, i) => `${tag}${i}`.padEnd(250, "q")).join("/");
+    const replies: string[] = [];
+    const ask = async (msg: object) => {
+      const r = await request(c, msg);
+      replies.push(JSON.stringify(r));
+      while (r.more === true) replies.push(JSON.stringify(await c.channel.recvMessage()));
+      return r;
+    };
+    try {
+      // Two valid chains of about 3.8 kB each; then one is moved under the other.
+      assert.equal((await ask({ op: "mkdir", name: chain("a", 15) })).ok, true);
+      assert.equal((await ask({ op: "mkdir", name: chain("b", 15) })).ok, true);
+      const mv = await ask({
+        op: "mv",
+        from: "a0".padEnd(250, "q"),
+        to: `${chain("b", 15)}/x`,
+        force: false,
+      });
+      const ls = await ask({ op: "ls", recursive: true });
+      const tree = await ask({ op: "tree", name: "b0".padEnd(250, "q") });
+      const rm = await ask({ op: "rm", name: "b0".padEnd(250, "q"), recursive: true });
+      const shown = replies.map((r) => r.replace(/[a-z]{20,}/g, "…")).join("\n");
+      assert.ok(
+        !replies.some((r) => r.includes(s.root)),
+        `a reply names the server path:\n${shown}`,
+      );
+      if (mv.ok === true) {
+        // The move was allowed: the tree must stay listable and removable.
+        assert.equal(ls.ok, true, `ls -r: ${shown}`);
+        assert.equal(tree.ok, true, `tree: ${shown}`);
+        assert.equal(rm.ok, true, `rm -r: ${shown}`);
+      }
+    } finally {
+      await c.close().catch(() => {});
+    }
+  } finally {
+    await s.stop();
+  }
+});
