@@ -487,3 +487,48 @@ Deno.test("review finding 9: mv of a folder under a deep folder makes names past
     await s.stop();
   }
 });
+
+Deno.test("review finding 10: sorting a listing of long names blocks the whole server for seconds (ls -r of 99000 deep entries)", async () => {
+  const s = await startServer();
+  const peers: EfxClient[] = [];
+  try {
+    // Names of about 3.8 kB sharing their folders (a write client makes the
+    // same with mkdir + put; made on disk here for speed). Under the
+    // 100000-entry listing cap.
+    let dir = s.root;
+    for (let i = 0; i < 15; i++) dir = join(dir, `${i}`.padEnd(250, "x"));
+    await Deno.mkdir(dir, { recursive: true });
+    const empty = new Uint8Array(0);
+    for (let i = 0; i < 99_000; i++) Deno.writeFileSync(join(dir, `f${i}`), empty);
+    const probe = await connectClient(s);
+    peers.push(probe);
+    // Three connections ask for the listing at once.
+    const listers = await Promise.all([0, 1, 2].map(() => connectClient(s)));
+    peers.push(...listers);
+    const ended = listers.map(async (c) => {
+      await c.channel.sendMessage({ op: "ls", recursive: true });
+      try {
+        while ((await c.channel.recvMessage()).more === true) { /* next batch */ }
+      } catch { /* a failed listing ends the connection: also an end */ }
+    });
+    let allDone = false;
+    const done = Promise.all(ended).then(() => allDone = true);
+    // Meanwhile another client asks for a one-entry listing again and again.
+    let worst = 0;
+    const until = performance.now() + 120_000;
+    while (!allDone && performance.now() < until) {
+      const t = performance.now();
+      await probe.list("nothing-matches-this");
+      worst = Math.max(worst, performance.now() - t);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await Promise.race([done, new Promise((r) => setTimeout(r, 1000))]);
+    assert.ok(
+      worst < 1500,
+      `another client's one-entry ls waited ${worst.toFixed(0)} ms while three listings ran`,
+    );
+  } finally {
+    for (const p of peers) p.channel.abort();
+    await s.stop();
+  }
+});
