@@ -28,6 +28,7 @@ import { safeClose, SecureChannel, type Transport } from "./channel.ts";
 import { describeError, EfxError, RemoteError } from "./errors.ts";
 import { AlertCode, encodeAlert } from "./handshake.ts";
 import { writeAll } from "./io.ts";
+import { type EphemeralKeyRing, startEphemeralKeys } from "./ephemeral.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger } from "./log.ts";
 import { errorReply, parseRequest, type Request } from "./messages.ts";
@@ -59,6 +60,12 @@ export interface ServerOptions {
   log?: Logger;
   /** Announces a freshly made key (default: the logger). */
   onKeyCreated?: (fingerprint: string, path: string) => void;
+  /** Lifetime of each ephemeral (forward-secrecy) key (default 1 h; see ephemeral.ts). */
+  ephemeralLifetimeMs?: number;
+  /** Highest protocol version answered (default 2); 1 makes a v1-only server (tests). */
+  maxVersion?: number;
+  /** The clock the ephemeral windows are signed with (tests shift it). */
+  ephemeralClock?: () => number;
 }
 
 /** Default time an interrupted resumable upload is kept. */
@@ -68,6 +75,7 @@ export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 export class EfxServer {
   #listener: Deno.Listener;
   #key: ServerPrivateKey;
+  #ephemeral: EphemeralKeyRing | undefined;
   #storage: LocalStorage;
   #requests: RequestHandler;
   #sweeper: ReturnType<typeof setInterval>;
@@ -137,7 +145,21 @@ export class EfxServer {
         `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}${hint}`,
       );
     }
-    return new EfxServer(listener, key, storage, { ...opts, log });
+    let ephemeral: EphemeralKeyRing | undefined;
+    try {
+      ephemeral = await startEphemeralKeys(key, opts, log);
+    } catch (err) {
+      listener.close();
+      throw err;
+    }
+    const server = new EfxServer(listener, key, storage, { ...opts, log });
+    server.#ephemeral = ephemeral;
+    return server;
+  }
+
+  /** TEST HOOK: the ephemeral key ring (undefined for a v1-only server). */
+  get ephemeralKeysForTesting(): EphemeralKeyRing | undefined {
+    return this.#ephemeral;
   }
 
   /** The port actually listened on. */
@@ -162,6 +184,7 @@ export class EfxServer {
     this.#stopped ??= (async () => {
       this.#stopping = true;
       clearInterval(this.#sweeper);
+      this.#ephemeral?.stop();
       try {
         this.#listener.close();
       } catch { /* already closed */ }
@@ -212,6 +235,7 @@ export class EfxServer {
     try {
       ch = await SecureChannel.server(conn, {
         key: this.#key,
+        ephemeral: this.#ephemeral,
         handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
       });
     } catch (err) {
