@@ -317,7 +317,7 @@ Deno.test("fs note: a v1-only server whose known_servers line says fs is refused
 // Hostile ephemeral keys (a fake server running the real handshake)
 
 /** A one-connection server on 127.0.0.1 that offers `eph` with the real long-term `key`. */
-async function fakeServer(key: ServerPrivateKey, eph: EphemeralKey) {
+function fakeServer(key: ServerPrivateKey, eph: EphemeralKey) {
   const listener = Deno.listen({ hostname: HOST, port: 0 });
   const served = (async () => {
     const conn = await listener.accept();
