@@ -569,3 +569,42 @@ Deno.test("efx client: --require-forward-secrecy connects to a v2 server", async
     await S.stop();
   }
 });
+
+Deno.test("fs note: added to an existing line keeping its comment and the other lines; a third field other than fs is a malformed line", async () => {
+  const S = await inProcessServer();
+  const dir = await Deno.makeTempDir({ prefix: "efx-fs-known-" });
+  try {
+    const file = join(dir, "known_servers");
+    const label = `${HOST}:${S.server.port}`;
+    const other = `other.example:9000 ${S.fingerprint}`;
+    await Deno.writeTextFile(
+      file,
+      `# servers\n${label} ${S.fingerprint}  # the lab box\n${other}\n`,
+    );
+    const warnings: string[] = [];
+    const verifier = makeServerVerifier({
+      knownServersFile: file,
+      acceptNew: false,
+      warn: (t) => warnings.push(t),
+    });
+    const c = await EfxClient.connect({ host: HOST, port: S.server.port, verifier });
+    assert.equal(c.trust.status, "known");
+    await c.close();
+    assert.equal(
+      await Deno.readTextFile(file),
+      `# servers\n${label} ${S.fingerprint} fs  # the lab box\n${other}\n`,
+    );
+    assert.deepEqual(warnings, []);
+    // Once noted, a second connection leaves the file as it is.
+    await (await EfxClient.connect({ host: HOST, port: S.server.port, verifier })).close();
+    assert.match(await Deno.readTextFile(file), new RegExp(` fs  # the lab box\n`));
+    // A third field that is not "fs": the line about this server is malformed, and stops it.
+    await Deno.writeTextFile(file, `${label} ${S.fingerprint} fx\n`);
+    const err = await rejects(EfxClient.connect({ host: HOST, port: S.server.port, verifier }));
+    assert.ok(err instanceof AuthError);
+    assert.match(err.message, /line 1: malformed entry for /);
+  } finally {
+    await S.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
