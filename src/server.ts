@@ -134,23 +134,19 @@ export class EfxServer {
     if (storage.removedTemps > 0) {
       log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
     }
+    // The first ephemeral key exists before the port opens: no connection waits for it.
+    const ephemeral = await startEphemeralKeys(key, opts, log);
     let listener: Deno.Listener;
     try {
       listener = Deno.listen({ hostname: opts.host ?? "0.0.0.0", port: opts.port });
     } catch (err) {
+      ephemeral?.stop();
       const hint = err instanceof Deno.errors.NotCapable
         ? " ('deno task serve' may only use port 9000: see README, Least privilege)"
         : "";
       throw new EfxError(
         `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}${hint}`,
       );
-    }
-    let ephemeral: EphemeralKeyRing | undefined;
-    try {
-      ephemeral = await startEphemeralKeys(key, opts, log);
-    } catch (err) {
-      listener.close();
-      throw err;
     }
     const server = new EfxServer(listener, key, storage, { ...opts, log });
     server.#ephemeral = ephemeral;

@@ -1,7 +1,7 @@
 /**
  * `efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem]
  *  [--max-size SIZE] [--max-connections N] [--handshake-timeout SEC] [--idle-timeout SEC]
- *  [--quiet | --verbose]`
+ *  [--ephemeral-lifetime T] [--quiet | --verbose]`
  *
  * @module
  */
