@@ -1039,8 +1039,9 @@ Deno.test("eavesdropping: no file content, file name or request field is visible
 Deno.test("forward secrecy: a recorded v2 upload does not decrypt with the stolen server key; with the live ephemeral key taken from the process it does, and once rotated past its lifetime that key is gone (independent node:crypto decoder)", async () => {
   // An in-process server on the same key file as S, so that the test hook
   // can reach its ephemeral keys (as a thief of the live process memory
-  // could); lifetime 4 s, handshake timeout 2 s, so a replaced key is erased
-  // 4 s later.
+  // could); lifetime 5 s, handshake timeout 2 s, so a replaced key is erased
+  // 4 s later. The session runs right after the start, early in the first
+  // key's window: about 9 s before that key is erased.
   const dir = await Deno.makeTempDir({ prefix: "efx-secreview-fs-" });
   const server = await EfxServer.start({
     host: HOST,
@@ -1048,7 +1049,7 @@ Deno.test("forward secrecy: a recorded v2 upload does not decrypt with the stole
     root: join(dir, "storage"),
     keyPath: S.keyPath,
     minFreeBytes: 0,
-    ephemeralLifetimeMs: 4_000,
+    ephemeralLifetimeMs: 5_000,
     handshakeTimeoutMs: 2_000,
     log: { error() {}, info() {}, debug() {} },
   });
