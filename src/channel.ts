@@ -22,15 +22,16 @@ import { AuthError, IntegrityError, ProtocolError, RemoteError, TimeoutError } f
 import {
   AlertCode,
   clientHandshake,
+  type ClientHandshakeOptions,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   encodeAlert,
   type HandshakeResult,
   serverHandshake,
+  type ServerHandshakeOptions,
   withDeadline,
 } from "./handshake.ts";
 import { BufferedReader } from "./io.ts";
 import { sanitize } from "./bytes.ts";
-import type { ServerPrivateKey } from "./keys.ts";
 import type { MemoryBudget } from "./limits.ts";
 import {
   DEFAULT_MAX_RECORDS,
@@ -164,10 +165,7 @@ export class SecureChannel {
   /** Runs the client handshake on `conn`; `verifyServerKey` decides trust before any secret is sent. */
   static client(
     conn: Transport,
-    opts: ChannelOptions & {
-      verifyServerKey: (spki: Uint8Array) => Promise<void>;
-      version?: number;
-    },
+    opts: ChannelOptions & ClientHandshakeOptions,
   ): Promise<SecureChannel> {
     return SecureChannel.#establish(conn, opts, "server", (r) => clientHandshake(conn, r, opts));
   }
@@ -175,7 +173,7 @@ export class SecureChannel {
   /** Runs the server handshake on `conn` with the server's private key. */
   static server(
     conn: Transport,
-    opts: ChannelOptions & { key: ServerPrivateKey },
+    opts: ChannelOptions & ServerHandshakeOptions,
   ): Promise<SecureChannel> {
     return SecureChannel.#establish(conn, opts, "client", (r) => serverHandshake(conn, r, opts));
   }

@@ -100,8 +100,8 @@ export class EfxClient {
     let trust = { fingerprint: "", status: "" };
     const channel = await SecureChannel.client(conn, {
       handshakeTimeoutMs: opts.handshakeTimeoutMs,
-      verifyServerKey: async (spki) => {
-        trust = await opts.verifier(label, spki);
+      verifyServerKey: async (spki, hello) => {
+        trust = await opts.verifier(label, spki, hello);
       },
     });
     channel.idleTimeoutMs = opts.idleTimeoutMs ?? 5 * 60_000;

@@ -29,6 +29,7 @@ const MAX_BITS = 16384;
 const MAX_KEY_FILE_BYTES = 1 << 20;
 
 const OAEP: RsaHashedImportParams = { name: "RSA-OAEP", hash: "SHA-256" };
+const PSS: RsaHashedImportParams = { name: "RSA-PSS", hash: "SHA-256" };
 
 /**
  * `SHA256:` + base64 (no `=` padding) of the SHA-256 of the SPKI DER (like ssh).
@@ -183,10 +184,16 @@ export async function writeKeyPair(
   return { privatePath, publicPath, fingerprint: pair.fingerprint, bits: pair.bits };
 }
 
-/** The server's private key, ready for RSA-OAEP decryption. */
+/** The server's private key, ready for RSA-OAEP decryption and RSA-PSS signing. */
 export interface ServerPrivateKey {
-  /** RSA-OAEP SHA-256 private key, usage `decrypt`. */
+  /** RSA-OAEP SHA-256 private key, usage `decrypt` (protocol v1 key transport). */
   decryptKey: CryptoKey;
+  /**
+   * The same PKCS#8 key material imported a second time as RSA-PSS SHA-256,
+   * usage `sign`: signs the short-lived ephemeral keys of protocol v2 (see
+   * ephemeral.ts). Absent on keys built by hand (then the server speaks v1 only).
+   */
+  signKey?: CryptoKey;
   /** SPKI DER of the matching public key (what the server sends). */
   spki: Uint8Array;
   /** {@linkcode fingerprint} of `spki`. */
@@ -255,7 +262,12 @@ export async function loadServerPrivateKey(path: string): Promise<ServerPrivateK
       "decrypt",
     ],
   );
-  return { decryptKey, spki: file.spki, fingerprint: file.fingerprint, bits: file.bits };
+  // WebCrypto binds a key to one algorithm: the same bytes again, as RSA-PSS.
+  const signKey = await crypto.subtle.importKey("pkcs8", file.pkcs8 as BufferSource, PSS, false, [
+    "sign",
+  ]);
+  file.pkcs8.fill(0); // the DER copy is no longer needed: both imports hold their own
+  return { decryptKey, signKey, spki: file.spki, fingerprint: file.fingerprint, bits: file.bits };
 }
 
 /**
@@ -310,6 +322,19 @@ export async function importServerPublicKey(
   if (bits < MIN_BITS) throw new AuthError(`server key is too small (${bits} bits < ${MIN_BITS})`);
   if (bits > MAX_BITS) throw new AuthError(`server key is too large (${bits} bits > ${MAX_BITS})`);
   return { encryptKey, bits };
+}
+
+/**
+ * Imports the server's long-term SPKI (already checked by
+ * {@linkcode importServerPublicKey}) as an RSA-PSS SHA-256 verification key,
+ * to check its signature on an ephemeral key (protocol v2).
+ */
+export async function importServerVerifyKey(spki: Uint8Array): Promise<CryptoKey> {
+  try {
+    return await crypto.subtle.importKey("spki", spki as BufferSource, PSS, false, ["verify"]);
+  } catch (err) {
+    throw new AuthError("server sent an invalid public key", { cause: err });
+  }
 }
 
 /**

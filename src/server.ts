@@ -47,6 +47,7 @@ import {
 } from "./limits.ts";
 import { MAX_RECORD_BODY } from "./record.ts";
 import { writeAll } from "./io.ts";
+import { type EphemeralKeyRing, startEphemeralKeys } from "./ephemeral.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger } from "./log.ts";
 import { errorReply, parseRequest, type Request } from "./messages.ts";
@@ -88,6 +89,12 @@ export interface ServerOptions {
   log?: Logger;
   /** Announces a freshly made key (default: the logger). */
   onKeyCreated?: (fingerprint: string, path: string) => void;
+  /** Lifetime of each ephemeral (forward-secrecy) key (default 1 h; see ephemeral.ts). */
+  ephemeralLifetimeMs?: number;
+  /** Highest protocol version answered (default 2); 1 makes a v1-only server (tests). */
+  maxVersion?: number;
+  /** The clock the ephemeral windows are signed with (tests shift it). */
+  ephemeralClock?: () => number;
 }
 
 /** Default time an interrupted resumable upload is kept. */
@@ -97,6 +104,7 @@ export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 export class EfxServer {
   #listener: Deno.Listener;
   #key: ServerPrivateKey;
+  #ephemeral: EphemeralKeyRing | undefined;
   #storage: LocalStorage;
   #requests: RequestHandler;
   #sweeper: ReturnType<typeof setInterval>;
@@ -162,10 +170,13 @@ export class EfxServer {
     if (storage.removedTemps > 0) {
       log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
     }
+    // The first ephemeral key exists before the port opens: no connection waits for it.
+    const ephemeral = await startEphemeralKeys(key, opts, log);
     let listener: Deno.Listener;
     try {
       listener = Deno.listen({ hostname: opts.host ?? "0.0.0.0", port: opts.port });
     } catch (err) {
+      ephemeral?.stop();
       const hint = err instanceof Deno.errors.NotCapable
         ? " ('deno task serve' may only use port 9000: see README, Least privilege)"
         : "";
@@ -173,7 +184,14 @@ export class EfxServer {
         `cannot listen on ${opts.host ?? "0.0.0.0"}:${opts.port}: ${describeError(err)}${hint}`,
       );
     }
-    return new EfxServer(listener, key, storage, { ...opts, log });
+    const server = new EfxServer(listener, key, storage, { ...opts, log });
+    server.#ephemeral = ephemeral;
+    return server;
+  }
+
+  /** TEST HOOK: the ephemeral key ring (undefined for a v1-only server). */
+  get ephemeralKeysForTesting(): EphemeralKeyRing | undefined {
+    return this.#ephemeral;
   }
 
   /** The port actually listened on. */
@@ -214,6 +232,7 @@ export class EfxServer {
     this.#stopped ??= (async () => {
       this.#stopping = true;
       clearInterval(this.#sweeper);
+      this.#ephemeral?.stop();
       try {
         this.#listener.close();
       } catch { /* already closed */ }
@@ -297,6 +316,7 @@ export class EfxServer {
     try {
       ch = await SecureChannel.server(conn, {
         key: this.#key,
+        ephemeral: this.#ephemeral,
         handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
         budget: this.#budget,
         maxBody: PRE_AUTH_MAX_BODY, // until admitted: small records, nothing computed ahead

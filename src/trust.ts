@@ -12,7 +12,12 @@
  *   recorded after `--accept-new` or a "yes" on the terminal, and refused
  *   otherwise.
  *
- * The known-servers file holds one entry per line, `<host:port> SHA256:<b64>`;
+ * The known-servers file holds one entry per line, `<host:port> SHA256:<b64> [fs]`;
+ * the `fs` note is added once the server has shown protocol v2 (forward
+ * secrecy, with a valid signature by the recorded key): from then on a
+ * version 1 answer from that server is refused as a downgrade. (efx
+ * releases before v2 read a line with the note as malformed and refuse that
+ * server: they fail closed.)
  * blank lines and `#` comments (whole lines, or after an entry following a
  * space) are ignored. A malformed line about the server being reached stops
  * the connection (naming the file and line); other malformed lines are
@@ -32,6 +37,7 @@
  * @module
  */
 import { AuthError, EfxError, UsageError } from "./errors.ts";
+import type { ServerHelloFacts } from "./handshake.ts";
 import { fingerprint as fingerprintOf } from "./keys.ts";
 
 /** Options of {@linkcode makeServerVerifier}. */
@@ -51,6 +57,8 @@ export interface TrustOptions {
   ask?: (question: string) => Promise<boolean>;
   /** Where warnings go (default: stderr). */
   warn?: (text: string) => void;
+  /** Refuse a server that answers protocol v1, without forward secrecy (--require-forward-secrecy). */
+  requireForwardSecrecy?: boolean;
 }
 
 /** How a server key came to be trusted. */
@@ -65,7 +73,11 @@ export interface TrustResult {
 }
 
 /** Checks a server's key; see {@linkcode makeServerVerifier}. */
-export type ServerVerifier = (server: string, spki: Uint8Array) => Promise<TrustResult>;
+export type ServerVerifier = (
+  server: string,
+  spki: Uint8Array,
+  hello?: ServerHelloFacts,
+) => Promise<TrustResult>;
 
 /** Unpadded base64 of a SHA-256 digest is always 43 characters. */
 const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
@@ -96,6 +108,8 @@ interface KnownEntry {
   server: string;
   fingerprint: string;
   line: number;
+  /** The server has shown forward secrecy (protocol v2): a v1 answer is a downgrade. */
+  fs: boolean;
 }
 
 /** A line that is neither an entry, a comment nor blank. */
@@ -127,12 +141,13 @@ function parseKnownServers(text: string): { entries: KnownEntry[]; malformed: Ma
     const line = stripComment(lines[i]);
     if (line === "") continue;
     const fields = line.split(/\s+/);
-    const fp = fields.length === 2 ? normalizeFingerprint(fields[1]) : undefined;
+    const shape = fields.length === 2 || (fields.length === 3 && fields[2] === "fs");
+    const fp = shape ? normalizeFingerprint(fields[1]) : undefined;
     if (fp === undefined || !fields[1].startsWith("SHA256:")) {
       malformed.push({ server: fields[0], line: i + 1 });
       continue;
     }
-    entries.push({ server: fields[0], fingerprint: fp, line: i + 1 });
+    entries.push({ server: fields[0], fingerprint: fp, line: i + 1, fs: fields.length === 3 });
   }
   return { entries, malformed };
 }
@@ -156,11 +171,12 @@ async function appendKnownServer(
   known: KnownFile,
   server: string,
   fingerprint: string,
+  fs = false,
 ): Promise<void> {
   const slash = Math.max(file.lastIndexOf("/"), file.lastIndexOf("\\"));
   if (slash > 0) await Deno.mkdir(file.slice(0, slash), { recursive: true, mode: 0o700 });
   const sep = known.text === "" || known.text.endsWith("\n") ? "" : "\n";
-  await Deno.writeTextFile(file, `${sep}${server} ${fingerprint}\n`, {
+  await Deno.writeTextFile(file, `${sep}${server} ${fingerprint}${fs ? " fs" : ""}\n`, {
     append: true,
     create: true,
     mode: 0o600,
@@ -172,6 +188,38 @@ async function appendKnownServer(
     } catch {
       // Not ours to fix (e.g. owned by someone else); the entry was written.
     }
+  }
+}
+
+/**
+ * Adds the `fs` note to the entry on `line` (1-based) of the file, if that
+ * line still holds `server fingerprint`; rewrites through a temp file.
+ */
+async function markForwardSecrecy(
+  file: string,
+  line: number,
+  server: string,
+  fingerprint: string,
+): Promise<void> {
+  const text = await Deno.readTextFile(file);
+  const lines = text.split("\n");
+  const raw = lines[line - 1];
+  if (raw === undefined) return;
+  const entry = stripComment(raw);
+  const fields = entry.split(/\s+/);
+  if (
+    fields.length !== 2 || !sameServer(fields[0], server) ||
+    normalizeFingerprint(fields[1]) !== fingerprint
+  ) return; // changed meanwhile: leave it
+  const at = raw.indexOf(entry);
+  lines[line - 1] = raw.slice(0, at + entry.length) + " fs" + raw.slice(at + entry.length);
+  const tmp = `${file}.efx-tmp-${crypto.randomUUID()}`;
+  try {
+    await Deno.writeTextFile(tmp, lines.join("\n"), { createNew: true, mode: 0o600 });
+    await Deno.rename(tmp, file);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw err;
   }
 }
 
@@ -234,7 +282,40 @@ export function makeServerVerifier(opts: TrustOptions): ServerVerifier {
     }
   }
 
-  return async (server: string, spki: Uint8Array): Promise<TrustResult> => {
+  /**
+   * The version policy, once the key is trusted: a v1 answer is refused
+   * when forward secrecy is required or the server has shown it before
+   * (`known` has the fs note); a v2 answer has its signature checked (it
+   * throws when bad) and resolves true.
+   */
+  const versionPolicy = async (
+    server: string,
+    hello: ServerHelloFacts | undefined,
+    known?: KnownEntry,
+  ): Promise<boolean> => {
+    if (hello === undefined) return false;
+    if (hello.version >= 2) return await hello.forwardSecrecy();
+    if (opts.requireForwardSecrecy) {
+      throw new AuthError(
+        `${server} answered protocol version ${hello.version}, without forward secrecy, and ` +
+          `--require-forward-secrecy refuses it (an old server, or a downgrade on the path); nothing was sent`,
+      );
+    }
+    if (known?.fs) {
+      throw new AuthError(
+        `downgrade refused: ${server} has shown forward secrecy before (${file} line ${known.line} ` +
+          `says 'fs') but now answers protocol version ${hello.version} (possible man-in-the-middle; ` +
+          `if that server really went back to an old efx, remove 'fs' from that line); nothing was sent`,
+      );
+    }
+    return false;
+  };
+
+  return async (
+    server: string,
+    spki: Uint8Array,
+    hello?: ServerHelloFacts,
+  ): Promise<TrustResult> => {
     if (server === "" || /\s/.test(server)) {
       throw new UsageError(`bad server label '${server}'`);
     }
@@ -246,6 +327,7 @@ export function makeServerVerifier(opts: TrustOptions): ServerVerifier {
           `server key mismatch: expected ${pinned}, server presented ${fingerprint}`,
         );
       }
+      await versionPolicy(server, hello);
       return { fingerprint, status: "pinned" };
     }
 
@@ -263,7 +345,17 @@ export function makeServerVerifier(opts: TrustOptions): ServerVerifier {
       );
     }
     const mine = known.entries.filter((e) => sameServer(e.server, server));
-    if (mine.some((e) => e.fingerprint === fingerprint)) {
+    const match = mine.find((e) => e.fingerprint === fingerprint && e.fs) ??
+      mine.find((e) => e.fingerprint === fingerprint);
+    if (match !== undefined) {
+      if (await versionPolicy(server, hello, match) && !match.fs) {
+        try {
+          await markForwardSecrecy(file, match.line, server, fingerprint);
+        } catch (err) {
+          const why = err instanceof Error ? err.message.split("\n")[0] : String(err);
+          warn(`efx: warning: could not note forward secrecy for '${server}' in ${file}: ${why}`);
+        }
+      }
       return { fingerprint, status: "known" };
     }
     if (mine.length > 0) {
@@ -290,8 +382,10 @@ export function makeServerVerifier(opts: TrustOptions): ServerVerifier {
         throw new AuthError(`server not trusted: ${server} (${fingerprint}) was declined`);
       }
     }
+    // Checked before recording: a key is never recorded with a bad signature.
+    const fs = await versionPolicy(server, hello);
     try {
-      await appendKnownServer(file, known, server, fingerprint);
+      await appendKnownServer(file, known, server, fingerprint, fs);
       warn(
         `efx: Permanently added '${server}' (${fingerprint}) to the list of known servers (${file}).`,
       );
@@ -434,6 +528,8 @@ export interface KnownServer {
   server: string;
   fingerprint: string;
   line: number;
+  /** The line has the `fs` note (the server has shown forward secrecy). */
+  fs: boolean;
 }
 
 /**

@@ -331,15 +331,25 @@ Deno.test("attack: a bit flipped in CLIENT_HELLO (nonce, version, magic) fails t
     server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
   });
-  // The version (1 -> 3): the server refuses the version with an alert.
+  // The version (2 -> 0): the server refuses the version with an alert.
   await attackUpload("CLIENT_HELLO version bit flip", {
     tamper: flipBit("c2s", { handshake: 0 }, CH_VERSION_LOW, 1),
   }, {
     code: 1,
     client:
-      /^efx: server refused the handshake before authentication \(unverified message from the network: "unsupported protocol version 3; this server speaks 1"\)$/,
+      /^efx: server refused the handshake before authentication \(unverified message from the network: "unsupported protocol version 0; this server speaks 1 to 2"\)$/,
     server:
-      /^handshake failed: client offered unsupported protocol version 3; this server speaks 1$/,
+      /^handshake failed: client offered unsupported protocol version 0; this server speaks 1 to 2$/,
+    handshake: false,
+  });
+  // The version (2 -> 3): the server answers its own 2, but the hello it
+  // saw is in its transcript: the key confirmation fails.
+  await attackUpload("CLIENT_HELLO version bit flip to a higher version", {
+    tamper: flipBit("c2s", { handshake: 0 }, CH_VERSION_LOW, 0),
+  }, {
+    code: 1,
+    client: SERVER_REFUSED_AUTH,
+    server: SERVER_SAW_BAD_CONFIRMATION,
     handshake: false,
   });
   // The magic: the server drops a peer that does not speak efx.

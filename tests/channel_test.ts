@@ -246,11 +246,19 @@ Deno.test("channel: an impostor presenting the pinned key without its private ke
 });
 
 Deno.test("channel: version mismatch is a ProtocolError on the client naming both versions", async () => {
-  const { s, c } = await handshakePair({}, { version: 2 });
+  const { s, c } = await handshakePair({}, { version: 0 });
   const err = rejectedWith(c, "ProtocolError");
-  assert.match(err.message, /version 2/);
+  assert.match(err.message, /version 0/);
   assert.match(err.message, /speaks 1/);
-  rejectedWith(s, "ProtocolError", /client offered unsupported protocol version 2/);
+  rejectedWith(s, "ProtocolError", /client offered unsupported protocol version 0/);
+});
+
+Deno.test("channel: a client offering version 2 to a server without ephemeral keys gets version 1", async () => {
+  const { s, c } = await handshakePair({}, { version: 2 });
+  assert.equal(s.status, "fulfilled");
+  assert.equal(c.status, "fulfilled");
+  const ch = (c as PromiseFulfilledResult<SecureChannel>).value;
+  assert.equal(ch.session.version, 1);
 });
 
 Deno.test("channel: a server answering with another version is refused by the client", async () => {

@@ -278,7 +278,8 @@ Deno.test("exit 3: wrong pinned key, unknown server from a non-TTY, changed key"
     ]);
     assertExit(accepted, 0);
     assert.match(accepted.stderr, /Permanently added/);
-    assert.equal(await Deno.readTextFile(known), `${addr()} ${S.fingerprint}\n`);
+    // The server showed protocol v2 (forward secrecy): the line carries the fs note.
+    assert.equal(await Deno.readTextFile(known), `${addr()} ${S.fingerprint} fs\n`);
     await assertSameFile(stored, f);
     const again = await efx(["ls", "cli-trust.txt", "--server", addr(), "--known-servers", known]);
     assertExit(again, 0);

@@ -40,6 +40,7 @@ import {
   encodeClientKey,
   encodeHandshakeMessage,
   encodeServerHello,
+  encodeServerHelloV2,
   HandshakeType,
   MAX_HANDSHAKE_BODY,
   parseClientHello,
@@ -256,7 +257,26 @@ const SH_BODY = encodeServerHello(sampleRng.bytes(32), KEY.spki).subarray(3);
 const CK_BODY = encodeClientKey(sampleRng.bytes(256)).subarray(3);
 const ALERT_BODY = encodeAlert(2, "handshake failed: key confirmation failed").subarray(3);
 const BODIES = [CH_BODY, SH_BODY, CK_BODY, ALERT_BODY];
+const SH2_BODY = encodeServerHelloV2(sampleRng.bytes(32), KEY.spki, {
+  spki: KEY.spki as Uint8Array<ArrayBuffer>,
+  notBefore: 1,
+  notAfter: 2,
+  signature: new Uint8Array(sampleRng.bytes(256)),
+}).subarray(3);
 const CH_FIELDS: Field[] = [{ offset: 4, size: 2 }];
+
+/** The model of a version 2 SERVER_HELLO's length fields: each fits, and they end the body. */
+function v2Layout(b: Uint8Array): boolean {
+  let pos = 38;
+  const field = () => {
+    if (pos + 2 > b.length) return false;
+    pos += 2 + u16At(b, pos);
+    return pos <= b.length;
+  };
+  if (!field() || !field()) return false;
+  pos += 16;
+  return pos <= b.length && field() && pos === b.length;
+}
 const SH_FIELDS: Field[] = [{ offset: 4, size: 2 }, { offset: 38, size: 2 }];
 const CK_FIELDS: Field[] = [{ offset: 0, size: 2 }];
 
@@ -273,10 +293,12 @@ Deno.test("fuzz: parseClientHello, parseServerHello, parseClientKey agree with a
   const N = 10000;
   const tally = { ch: [0, 0], sh: [0, 0], ck: [0, 0] };
   for (let i = 0; i < N; i++) {
-    // CLIENT_HELLO: magic "EFXP", version; version 1 needs exactly 38 bytes.
+    // CLIENT_HELLO: magic "EFXP", version; versions 1 and 2 need exactly 38
+    // bytes, a higher one at least 38 (it may carry more), version 0 any.
     const ch = input(rng, CH_BODY, CH_FIELDS, BODIES);
+    const chV = ch.length >= 6 ? u16At(ch, 4) : -1;
     const chOk = ch.length >= 6 && same(ch.subarray(0, 4), CH_BODY.subarray(0, 4)) &&
-      (u16At(ch, 4) !== PROTOCOL_VERSION || ch.length === 38);
+      (chV === 0 || (chV <= PROTOCOL_VERSION ? ch.length === 38 : ch.length >= 38));
     try {
       const r = parseClientHello(ch);
       assert.ok(chOk, `parseClientHello accepted ${hex(ch)}`);
@@ -289,11 +311,14 @@ Deno.test("fuzz: parseClientHello, parseServerHello, parseClientKey agree with a
       tally.ch[1]++;
     }
 
-    // SERVER_HELLO: magic, version; version 1: nonce(32) | spki_len | spki, exact length.
-    const sh = input(rng, SH_BODY, SH_FIELDS, BODIES);
+    // SERVER_HELLO: magic, version; version 1: nonce(32) | spki_len | spki, exact length;
+    // version 2: nonce | spki_len | spki | eph_len | eph | u64 | u64 | sig_len | sig, exact.
+    const sh = input(rng, rng.chance(1 / 2) ? SH_BODY : SH2_BODY, SH_FIELDS, BODIES);
     const shMagic = sh.length >= 6 && same(sh.subarray(0, 4), SH_BODY.subarray(0, 4));
-    const shV1 = shMagic && u16At(sh, 4) === PROTOCOL_VERSION;
-    const shOk = shMagic && (!shV1 || (sh.length >= 40 && sh.length === 40 + u16At(sh, 38)));
+    const shV1 = shMagic && u16At(sh, 4) === 1;
+    const shV2 = shMagic && u16At(sh, 4) === 2;
+    const shOk = shMagic &&
+      (shV1 ? sh.length >= 40 && sh.length === 40 + u16At(sh, 38) : !shV2 || v2Layout(sh));
     try {
       const r = parseServerHello(sh);
       assert.ok(shOk, `parseServerHello accepted ${hex(sh)}`);
@@ -900,7 +925,7 @@ const KNOWN_HANDSHAKE_FAILURES = new RegExp(
     "client closed the connection during the handshake",
     "malformed CLIENT_HELLO \\(wrong length\\)",
     "malformed CLIENT_KEY",
-    "client offered unsupported protocol version \\d+; this server speaks 1",
+    "client offered unsupported protocol version \\d+; this server speaks 1 to 2",
     "client failed key confirmation \\(tampered or replayed handshake\\)",
     "handshake timed out after 1 s",
     "client refused the handshake: [^\\x00-\\x1f\\x7f-\\x9f]*",

@@ -25,7 +25,7 @@
  * | Resource exhaustion: lengths checked before reading/allocating     | channel_test, fuzz_test (bounded reads, 4 GiB length), record_test |
  * | Resource exhaustion: deadline, idle close, connection cap          | channel_test, e2e_test, attacks_test (drip); faults_test (idle, cap) |
  * | Resource exhaustion: at most 3 keystreams computed ahead           | HERE "resource exhaustion: a receiver computes ..."               |
- * | Limits: no forward secrecy (server key decrypts a recording)       | HERE, with an independent node:crypto decoder                     |
+ * | Forward secrecy: stolen server key does not decrypt a v2 recording | HERE (node:crypto decoder); forward_secrecy_test (rotation, downgrade) |
  * | Unauthenticated handshake alerts are shown sanitized               | attacks_test "forged handshake ALERT", fuzz_test (alertToError)   |
  * | Timing: the server runs the same steps whatever OAEP's outcome     | channel_test (same alert bytes); OAEP's own timing: a stated limit |
  * | Client auth: signature bound to th, replay into another session    | auth_test "signature over another session's transcript"           |
@@ -55,9 +55,11 @@ import { loadClientIdentity, verifyClientAuth } from "../src/auth.ts";
 import { concat, constantTimeEqual, randomBytes, u16, u64 } from "../src/bytes.ts";
 import { DATA_CHUNK, safeClose, SecureChannel, type Transport } from "../src/channel.ts";
 import { SERVE_USAGE } from "../src/commands/serve.ts";
+import { EfxClient } from "../src/client.ts";
 import { AuthError, IntegrityError } from "../src/errors.ts";
 import {
   AlertCode,
+  CLOCK_SKEW_MS,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   encodeClientHello,
   encodeHandshakeMessage,
@@ -66,9 +68,13 @@ import {
   MAGIC,
   MAX_HANDSHAKE_BODY,
   NONCE_LEN,
+  parseServerHello,
   PROTOCOL_VERSION,
   SECRET_LEN,
 } from "../src/handshake.ts";
+import { EfxServer } from "../src/server.ts";
+import { DEFAULT_EPHEMERAL_LIFETIME_MS, MAX_EPHEMERAL_LIFETIME_MS } from "../src/ephemeral.ts";
+import { makeServerVerifier } from "../src/trust.ts";
 import { BufferedReader, writeAll } from "../src/io.ts";
 import {
   fingerprint,
@@ -632,21 +638,13 @@ Deno.test("keys under 2048 bits: a 1024-bit client identity is refused when load
 // ---------------------------------------------------------------------------
 // Downgrade: unknown protocol versions
 
-Deno.test("downgrade: the real server answers a CLIENT_HELLO of another version with ALERT(VERSION) naming both versions", async () => {
+Deno.test("downgrade: the real server answers a CLIENT_HELLO of version 0 with ALERT(VERSION) naming both versions, and a higher version with its own (2)", async () => {
   const hellos: [string, number, Uint8Array][] = [
-    ["version 2", 2, encodeClientHello(randomBytes(32), 2)],
     ["version 0", 0, encodeClientHello(randomBytes(32), 0)],
-    ["version 65535", 0xffff, encodeClientHello(randomBytes(32), 0xffff)],
-    // A later version may change the rest of the body: it is not parsed.
     [
-      "version 2, 300-byte body",
-      2,
-      encodeHandshakeMessage(HandshakeType.CLIENT_HELLO, concat(MAGIC, u16(2), randomBytes(294))),
-    ],
-    [
-      "version 2, no nonce",
-      2,
-      encodeHandshakeMessage(HandshakeType.CLIENT_HELLO, concat(MAGIC, u16(2))),
+      "version 0, no nonce",
+      0,
+      encodeHandshakeMessage(HandshakeType.CLIENT_HELLO, concat(MAGIC, u16(0))),
     ],
   ];
   for (const [what, v, hello] of hellos) {
@@ -673,26 +671,68 @@ Deno.test("downgrade: the real server answers a CLIENT_HELLO of another version 
     );
     assert.equal(reply.type, HandshakeType.ALERT, what);
     assert.equal(reply.body[0], AlertCode.VERSION, what);
-    assert.equal(text, `unsupported protocol version ${v}; this server speaks ${PROTOCOL_VERSION}`);
+    assert.equal(
+      text,
+      `unsupported protocol version ${v}; this server speaks 1 to ${PROTOCOL_VERSION}`,
+    );
     assert.equal(after, 0, `${what}: nothing after the alert, then a close`);
-    assert.equal(line[1], `client offered unsupported protocol version ${v}; this server speaks 1`);
+    assert.equal(
+      line[1],
+      `client offered unsupported protocol version ${v}; this server speaks 1 to 2`,
+    );
   }
-  // The in-process client offering version 2 gets the alert as an error naming both.
+  // A higher version (which may carry more after the nonce) gets the server's highest: 2.
+  for (
+    const [what, hello] of [
+      ["version 3", encodeClientHello(randomBytes(32), 3)],
+      ["version 65535", encodeClientHello(randomBytes(32), 0xffff)],
+      [
+        "version 3, 300-byte body",
+        encodeHandshakeMessage(HandshakeType.CLIENT_HELLO, concat(MAGIC, u16(3), randomBytes(294))),
+      ],
+    ] as const
+  ) {
+    const conn = await Deno.connect({ hostname: HOST, port: S.port });
+    try {
+      await writeAll(conn, hello);
+      const reply = await readRaw(new BufferedReader(conn));
+      assert.equal(reply.type, HandshakeType.SERVER_HELLO, what);
+      assert.equal(parseServerHello(reply.body).version, 2, what);
+    } finally {
+      conn.close();
+    }
+  }
+  // Versions 1 and 2 have exactly 38 bytes; a shorter one is malformed, not negotiated.
   const conn = await Deno.connect({ hostname: HOST, port: S.port });
+  const localPort = (conn.localAddr as Deno.NetAddr).port;
+  try {
+    await writeAll(conn, encodeHandshakeMessage(HandshakeType.CLIENT_HELLO, concat(MAGIC, u16(2))));
+    await drain(conn);
+  } finally {
+    conn.close();
+  }
+  await S.waitForLog(
+    new RegExp(
+      `127\\.0\\.0\\.1:${localPort} handshake failed: malformed CLIENT_HELLO \\(wrong length\\)$`,
+      "m",
+    ),
+  );
+  // The in-process client offering version 0 gets the alert as an error naming both.
+  const c0 = await Deno.connect({ hostname: HOST, port: S.port });
   await assert.rejects(
-    SecureChannel.client(conn, { verifyServerKey: () => Promise.resolve(), version: 2 }),
+    SecureChannel.client(c0, { verifyServerKey: () => Promise.resolve(), version: 0 }),
     {
       name: "ProtocolError",
       message:
-        'server refused the handshake before authentication (unverified message from the network: "unsupported protocol version 2; this server speaks 1")',
+        'server refused the handshake before authentication (unverified message from the network: "unsupported protocol version 0; this server speaks 1 to 2")',
     },
   );
 });
 
-Deno.test("downgrade: a server answering with version 2 is refused by the CLI naming both versions; nothing more is sent (exit 1)", async () => {
+Deno.test("downgrade: a server answering with version 3 (above the client's 2) is refused by the CLI naming both versions; nothing more is sent (exit 1)", async () => {
   const fake = rawServer(async (conn, reader) => {
     await readRaw(reader);
-    const body = concat(MAGIC, u16(2), randomBytes(32), u16(S.fingerprint.length));
+    const body = concat(MAGIC, u16(3), randomBytes(32), u16(S.fingerprint.length));
     await writeAll(conn, encodeHandshakeMessage(HandshakeType.SERVER_HELLO, body));
     return await drain(conn);
   });
@@ -701,15 +741,15 @@ Deno.test("downgrade: a server answering with version 2 is refused by the CLI na
     await waitFor(() => fake.results.length === 1);
     const after = await fake.results[0];
     report(
-      "SERVER_HELLO version 2",
+      "SERVER_HELLO version 3",
       `CLI: exit ${r.code}: ${r.stderr.trim()}`,
       `bytes sent after CLIENT_HELLO: ${after}`,
     );
-    assertExit(r, 1, "server version 2");
+    assertExit(r, 1, "server version 3");
     assertOneLine(
       r,
-      /^efx: server speaks protocol version 2; this client speaks 1$/,
-      "server version 2",
+      /^efx: server speaks protocol version 3; this client speaks 1 to 2$/,
+      "server version 3",
     );
     assert.equal(after, 0);
   } finally {
@@ -1005,7 +1045,7 @@ Deno.test("replay across sessions: a record of an earlier session spliced into a
 });
 
 // ---------------------------------------------------------------------------
-// Eavesdropping, and the honest limit of no forward secrecy
+// Eavesdropping, and forward secrecy
 
 Deno.test("eavesdropping: no file content, file name or request field is visible on the wire; a zero-filled file's ciphertext looks random", async () => {
   const marker = enc.encode("EFX-PLAINTEXT-MARKER-0123456789-".repeat(2048)); // 64 KiB
@@ -1084,36 +1124,105 @@ Deno.test("eavesdropping: no file content, file name or request field is visible
   await Deno.remove(join(S.root, "zeros.bin"));
 });
 
-Deno.test("limits, honestly — no forward secrecy: with the server's private key a recorded upload decrypts (independent node:crypto decoder)", async () => {
-  const local = join(WORK, "recorded.bin");
-  const content = randomBytes(700_000);
-  await Deno.writeFile(local, content);
-  let r!: EfxResult;
-  const s = await throughMitm(S.port, undefined, async (mitm) => {
-    r = await efx([
-      "upload",
-      local,
-      "--as",
-      "recorded.bin",
-      "--server",
-      `${HOST}:${mitm.port}`,
-      "--server-key",
-      S.pubKeyPath,
-    ], { cwd: WORK });
+Deno.test("forward secrecy: a recorded v2 upload does not decrypt with the stolen server key; with the live ephemeral key taken from the process it does, and once rotated past its lifetime that key is gone (independent node:crypto decoder)", async () => {
+  // An in-process server on the same key file as S, so that the test hook
+  // can reach its ephemeral keys (as a thief of the live process memory
+  // could); lifetime 5 s, handshake timeout 2 s, so a replaced key is erased
+  // 4 s later. The session runs right after the start, early in the first
+  // key's window: about 9 s before that key is erased.
+  const dir = await Deno.makeTempDir({ prefix: "efx-secreview-fs-" });
+  const server = await EfxServer.start({
+    host: HOST,
+    port: 0,
+    root: join(dir, "storage"),
+    keyPath: S.keyPath,
+    minFreeBytes: 0,
+    ephemeralLifetimeMs: 5_000,
+    handshakeTimeoutMs: 2_000,
+    log: { error() {}, info() {}, debug() {} },
   });
-  assertExit(r, 0, "recorded upload");
-  // What a passive attacker saved, and the server key stolen later.
-  const [ch, ck] = frames(s, "c2s", "handshake").map((f) => f.bytes);
-  const [sh] = frames(s, "s2c", "handshake").map((f) => f.bytes);
-  const records = frames(s, "c2s", "record").map((f) => f.bytes);
-  const key = createPrivateKey(await Deno.readTextFile(S.keyPath));
-  // PROTOCOL.md, written out with node:crypto only.
-  const ct = ck.subarray(3 + 2);
-  const secret = privateDecrypt(
-    { key, oaepHash: "sha256", padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING },
-    ct,
-  );
-  assert.equal(secret.length, SECRET_LEN);
+  try {
+    const local = join(WORK, "recorded.bin");
+    const content = randomBytes(700_000);
+    await Deno.writeFile(local, content);
+    const s = await throughMitm(server.port, undefined, async (mitm) => {
+      const c = await EfxClient.connect({
+        host: HOST,
+        port: mitm.port,
+        verifier: makeServerVerifier({
+          pinnedFingerprint: S.fingerprint,
+          knownServersFile: join(dir, "known_servers"),
+          acceptNew: false,
+        }),
+      });
+      await c.upload(local, "recorded.bin");
+      await c.close();
+    });
+    // What a passive attacker saved.
+    const [ch, ck] = frames(s, "c2s", "handshake").map((f) => f.bytes);
+    const [sh] = frames(s, "s2c", "handshake").map((f) => f.bytes);
+    const records = frames(s, "c2s", "record").map((f) => f.bytes);
+    const hello = parseServerHello(sh.subarray(3));
+    assert.equal(hello.version, 2);
+    const ephFp = await fingerprint(hello.ephemeral!.spki);
+    const ct = ck.slice(3 + 2);
+    // 1. The long-term key file, stolen: it cannot open CLIENT_KEY.
+    const longTerm = createPrivateKey(await Deno.readTextFile(S.keyPath));
+    const oaep = { oaepHash: "sha256", padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING };
+    assert.throws(() => privateDecrypt({ key: longTerm, ...oaep }, ct), "long-term key, live");
+    // 2. The live ephemeral key, taken from the process before it is erased: it can.
+    const ring = server.ephemeralKeysForTesting!;
+    const live = ring.liveKeysForTesting().find((k) => k.fingerprint === ephFp);
+    assert.ok(live, "the session's ephemeral key is still held (within its lifetime + grace)");
+    const secret = new Uint8Array(
+      await crypto.subtle.decrypt({ name: "RSA-OAEP" }, live.privateKeyForTesting()!, ct),
+    );
+    assert.equal(secret.length, SECRET_LEN);
+    const opened = decodeRecording(secret, ch, sh, ck, records);
+    const request = JSON.parse(dec.decode(opened[0].body));
+    const data = concat(...opened.filter((o) => o.type === RecordType.DATA).map((o) => o.body));
+    assert.equal(request.op, "put");
+    assert.equal(request.name, "recorded.bin");
+    assert.equal(request.size, content.length);
+    assert.ok(same(data, content), "with the live ephemeral key the recording decrypts");
+    assert.equal(opened.at(-1)!.type, RecordType.CLOSE);
+    // 3. Rotation past the lifetime (and the grace): the key is erased.
+    await waitFor(() => live.erased || undefined, {
+      timeoutMs: 20_000,
+      what: "ephemeral key erased",
+    });
+    assert.equal(live.privateKeyForTesting(), null);
+    assert.ok(!ring.liveKeysForTesting().some((k) => k.fingerprint === ephFp), "nothing holds it");
+    assert.notEqual(ring.current().fingerprint, ephFp, "rotated");
+    // The thief now has the long-term key and everything the process holds: still nothing.
+    assert.throws(() => privateDecrypt({ key: longTerm, ...oaep }, ct), "long-term key, later");
+    for (const k of ring.liveKeysForTesting()) {
+      await assert.rejects(
+        crypto.subtle.decrypt({ name: "RSA-OAEP" }, k.privateKeyForTesting()!, ct),
+        Error,
+        `live key ${k.fingerprint}`,
+      );
+    }
+    report(
+      "forward secrecy",
+      `recorded ${records.length} records under ephemeral key ${ephFp}; stolen server key: ` +
+        `CLIENT_KEY does not decrypt; live ephemeral key: ${data.length} data bytes recovered; ` +
+        `after ${ring.rotations} rotation(s) the key is erased`,
+    );
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Opens recorded c2s records with `secret`, by PROTOCOL.md, with node:crypto only. */
+function decodeRecording(
+  secret: Uint8Array,
+  ch: Uint8Array,
+  sh: Uint8Array,
+  ck: Uint8Array,
+  records: Uint8Array[],
+): { type: number; flags: number; body: Uint8Array }[] {
   const th = createHash("sha256").update(ch).update(sh).update(ck).digest();
   const okm = Buffer.from(hkdfSync("sha256", secret, th, enc.encode("efx1 keys"), 192));
   const c2sEnc = okm.subarray(0, 32);
@@ -1133,21 +1242,8 @@ Deno.test("limits, honestly — no forward secrecy: with the server's private ke
     for (let i = 0; i < n; i++) body[i] ^= ks[i];
     opened.push({ type: frame[0], flags: frame[1], body });
   });
-  const request = JSON.parse(dec.decode(opened[0].body));
-  const data = concat(...opened.filter((o) => o.type === RecordType.DATA).map((o) => o.body));
-  report(
-    "no forward secrecy",
-    `decrypted ${records.length} recorded records with the server key: request ${
-      JSON.stringify({ op: request.op, name: request.name, size: request.size })
-    }, ${data.length} data bytes`,
-  );
-  assert.equal(request.op, "put");
-  assert.equal(request.name, "recorded.bin");
-  assert.equal(request.size, content.length);
-  assert.ok(same(data, content), "the recorded file content was recovered");
-  assert.equal(opened.at(-1)!.type, RecordType.CLOSE);
-  await Deno.remove(join(S.root, "recorded.bin"));
-});
+  return opened;
+}
 
 // ---------------------------------------------------------------------------
 // Client authentication
@@ -1263,8 +1359,13 @@ Deno.test("limits: the implementation's constants are the ones PROTOCOL.md state
   const row = (name: string) => doc.split("\n").find((l) => l.startsWith(`| \`${name}\``)) ?? "";
   assert.match(row("MAGIC"), /`"EFXP"` = `45 46 58 50`/);
   assert.equal(dec.decode(MAGIC), "EFXP");
-  assert.match(row("VERSION"), /\| 1\s/);
-  assert.equal(PROTOCOL_VERSION, 1);
+  assert.match(row("VERSION"), /\| 1 to 2\s/);
+  assert.equal(PROTOCOL_VERSION, 2);
+  assert.match(row("CLOCK_SKEW"), /5 min/);
+  assert.equal(CLOCK_SKEW_MS, 5 * 60_000);
+  assert.match(row("EPHEMERAL_LIFETIME"), /1 h \(default\), 1 s to 24 h/);
+  assert.equal(DEFAULT_EPHEMERAL_LIFETIME_MS, 3_600_000);
+  assert.equal(MAX_EPHEMERAL_LIFETIME_MS, 24 * 3_600_000);
   assert.match(row("MAX_HANDSHAKE_BODY"), /2048 bytes/);
   assert.equal(MAX_HANDSHAKE_BODY, 2048);
   assert.match(row("NONCE_LEN"), /32 bytes/);

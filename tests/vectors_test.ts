@@ -26,12 +26,15 @@ import {
   encodeClientKey,
   encodeHandshakeMessage,
   encodeServerHello,
+  encodeServerHelloV2,
   finishedMac,
   HandshakeType,
   parseClientHello,
   parseClientKey,
   parseServerHello,
+  verifyEphemeralKey,
 } from "../src/handshake.ts";
+import { signedEphemeralData } from "../src/ephemeral.ts";
 import { fingerprint, loadServerPrivateKey } from "../src/keys.ts";
 import { Keystream, keystreamSalt } from "../src/keystream.ts";
 import { type DirectionKeys, RecordOpener, RecordSealer } from "../src/record.ts";
@@ -168,7 +171,7 @@ Deno.test("vectors: handshake messages (implementation and by-hand layout)", () 
   assert.equal(toHex(refCH), V.handshake.client_hello);
   assert.equal(toHex(refSH), V.handshake.server_hello);
   assert.equal(toHex(refCK), V.handshake.client_key);
-  assert.equal(toHex(encodeClientHello(nonceC)), V.handshake.client_hello);
+  assert.equal(toHex(encodeClientHello(nonceC, 1)), V.handshake.client_hello);
   assert.equal(toHex(encodeServerHello(nonceS, spki)), V.handshake.server_hello);
   assert.equal(toHex(encodeClientKey(ciphertext)), V.handshake.client_key);
   // And the parsers read back what the layout says.
@@ -409,4 +412,201 @@ Deno.test("vectors: the auth record is the auth MSG sealed as c2s record 0", asy
   const opened = await (await RecordOpener.create(implKeys("c2s"))).open(h(r.frame_hex));
   assert.equal(opened.type, 1);
   assert.equal(new TextDecoder().decode(opened.body), CA.auth_message_json);
+});
+
+// ---- version 2: the signed ephemeral key ----
+
+const V2 = V.handshake_v2;
+const ephSpki = h(V2.ephemeral_test_key.spki_hex);
+const ephCt = h(V2.client_key_ciphertext);
+
+/** The server key's public half as PEM (node:crypto), for the independent checks. */
+function serverPublicPem(): string {
+  return createPublicKey(V.rsa_test_key.private_pkcs8_pem).export({ type: "spki", format: "pem" })
+    .toString();
+}
+
+Deno.test("vectors v2: the ephemeral key is a public test key; SPKI and fingerprint match (node:crypto)", async () => {
+  assert.match(V2.ephemeral_test_key.WARNING, /PUBLIC TEST KEY/);
+  const priv = createPrivateKey(V2.ephemeral_test_key.private_pkcs8_pem);
+  assert.equal(priv.asymmetricKeyDetails?.modulusLength, 2048);
+  const ref = new Uint8Array(createPublicKey(priv).export({ type: "spki", format: "der" }));
+  assert.equal(toHex(ref), V2.ephemeral_test_key.spki_hex);
+  assert.notEqual(V2.ephemeral_test_key.spki_hex, V.rsa_test_key.spki_hex);
+  assert.equal(await fingerprint(ephSpki), V2.ephemeral_test_key.fingerprint);
+});
+
+Deno.test("vectors v2: signed data by hand is 'efx2 ephemeral key' | not_before u64 | not_after u64 | len u16 | spki", () => {
+  const ref = cat(
+    ascii("efx2 ephemeral key"),
+    be(V2.not_before_ms, 8),
+    be(V2.not_after_ms, 8),
+    be(ephSpki.length, 2),
+    ephSpki,
+  );
+  assert.equal(toHex(ref), V2.signed_data);
+  assert.equal(
+    toHex(signedEphemeralData(ephSpki, V2.not_before_ms, V2.not_after_ms)),
+    V2.signed_data,
+  );
+  assert.equal(new Date(V2.not_before_ms).toISOString(), V2.not_before_iso);
+  assert.equal(V2.not_after_ms - V2.not_before_ms, 3_600_000);
+});
+
+Deno.test("vectors v2: node:crypto verifies the server key's RSA-PSS signature (salt 32); a flipped bit or another key fails", () => {
+  const params = {
+    key: serverPublicPem(),
+    padding: constants.RSA_PKCS1_PSS_PADDING,
+    saltLength: 32,
+  };
+  assert.equal(nodeVerify("sha256", h(V2.signed_data), params, h(V2.signature)), true);
+  const data = h(V2.signed_data).slice();
+  data[20] ^= 1; // inside not_before
+  assert.equal(nodeVerify("sha256", data, params, h(V2.signature)), false);
+  const byEph = { ...params, key: createPublicKey(V2.ephemeral_test_key.private_pkcs8_pem) };
+  assert.equal(nodeVerify("sha256", h(V2.signed_data), byEph, h(V2.signature)), false);
+});
+
+Deno.test("vectors v2: openssl pkeyutl -verify (PSS, salt 32, SHA-256) checks the signature independently", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "efx-vectors-openssl-" });
+  try {
+    const pub = join(dir, "server.pub.pem");
+    const digest = join(dir, "signed.sha256");
+    const sig = join(dir, "sig.bin");
+    await Deno.writeTextFile(pub, serverPublicPem());
+    await Deno.writeFile(digest, createHash("sha256").update(h(V2.signed_data)).digest());
+    await Deno.writeFile(sig, h(V2.signature));
+    const run = (sigPath: string) =>
+      new Deno.Command("openssl", {
+        args: [
+          "pkeyutl",
+          "-verify",
+          "-pubin",
+          "-inkey",
+          pub,
+          "-in",
+          digest,
+          "-sigfile",
+          sigPath,
+          "-pkeyopt",
+          "rsa_padding_mode:pss",
+          "-pkeyopt",
+          "rsa_pss_saltlen:32",
+          "-pkeyopt",
+          "digest:sha256",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const ok = await run(sig);
+    assert.equal(ok.success, true, new TextDecoder().decode(ok.stderr));
+    assert.match(new TextDecoder().decode(ok.stdout), /Signature Verified Successfully/);
+    // The same check fails on a corrupted signature (so it can fail).
+    const bad = h(V2.signature).slice();
+    bad[7] ^= 0x80;
+    await Deno.writeFile(join(dir, "bad.bin"), bad);
+    assert.equal((await run(join(dir, "bad.bin"))).success, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vectors v2: hello messages (by-hand layout, encoders, parser)", () => {
+  const refCH = refHandshakeMessage(1, cat(ascii("EFXP"), be(2, 2), nonceC));
+  const refSH = refHandshakeMessage(
+    2,
+    cat(
+      ascii("EFXP"),
+      be(2, 2),
+      nonceS,
+      be(spki.length, 2),
+      spki,
+      be(ephSpki.length, 2),
+      ephSpki,
+      be(V2.not_before_ms, 8),
+      be(V2.not_after_ms, 8),
+      be(h(V2.signature).length, 2),
+      h(V2.signature),
+    ),
+  );
+  const refCK = refHandshakeMessage(3, cat(be(ephCt.length, 2), ephCt));
+  assert.equal(toHex(refCH), V2.client_hello);
+  assert.equal(toHex(refSH), V2.server_hello);
+  assert.equal(toHex(refCK), V2.client_key);
+  assert.equal(toHex(encodeClientHello(nonceC, 2)), V2.client_hello);
+  const eph = {
+    spki: ephSpki,
+    notBefore: V2.not_before_ms,
+    notAfter: V2.not_after_ms,
+    signature: h(V2.signature),
+  };
+  assert.equal(toHex(encodeServerHelloV2(nonceS, spki, eph)), V2.server_hello);
+  const sh = parseServerHello(refSH.subarray(3));
+  assert.equal(sh.version, 2);
+  assert.equal(toHex(sh.spki), V.rsa_test_key.spki_hex);
+  assert.equal(toHex(sh.ephemeral!.spki), V2.ephemeral_test_key.spki_hex);
+  assert.equal(sh.ephemeral!.notBefore, V2.not_before_ms);
+  assert.equal(sh.ephemeral!.notAfter, V2.not_after_ms);
+  assert.equal(toHex(sh.ephemeral!.signature), V2.signature);
+  assert.equal(parseClientHello(refCH.subarray(3)).version, 2);
+});
+
+Deno.test("vectors v2: the secret decrypts with the ephemeral key only; th, key schedule and finished MACs (node:crypto)", async () => {
+  const oaep = { padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256" };
+  const plain = privateDecrypt({ key: V2.ephemeral_test_key.private_pkcs8_pem, ...oaep }, ephCt);
+  assert.equal(toHex(new Uint8Array(plain)), V.inputs.secret);
+  // The long-term key cannot: this is what forward secrecy rests on.
+  assert.throws(() => privateDecrypt({ key: V.rsa_test_key.private_pkcs8_pem, ...oaep }, ephCt));
+  const refTh = createHash("sha256").update(h(V2.client_hello)).update(h(V2.server_hello))
+    .update(h(V2.client_key)).digest();
+  assert.equal(toHex(new Uint8Array(refTh)), V2.transcript_hash);
+  const okm = new Uint8Array(hkdfSync("sha256", secret, refTh, ascii("efx1 keys"), 192));
+  assert.equal(toHex(okm), V2.okm);
+  const keys = await deriveSessionKeys(secret, h(V2.transcript_hash));
+  assert.equal(toHex(keys.c2s.enc), V2.okm.slice(0, 64));
+  const cf = refHandshakeMessage(
+    4,
+    hmac(okm.subarray(128, 160), ascii("efx1 client finished"), refTh),
+  );
+  const sf = refHandshakeMessage(
+    5,
+    hmac(okm.subarray(160, 192), ascii("efx1 server finished"), refTh),
+  );
+  assert.equal(toHex(cf), V2.client_finished);
+  assert.equal(toHex(sf), V2.server_finished);
+  assert.equal(
+    toHex(
+      encodeHandshakeMessage(
+        HandshakeType.CLIENT_FINISHED,
+        finishedMac(keys.clientFinishedKey, "client", h(V2.transcript_hash)),
+      ),
+    ),
+    V2.client_finished,
+  );
+});
+
+Deno.test("vectors v2: the client's check accepts the vector key inside its window (with 5 min skew) and refuses it outside", async () => {
+  const eph = {
+    spki: ephSpki,
+    notBefore: V2.not_before_ms,
+    notAfter: V2.not_after_ms,
+    signature: h(V2.signature),
+  };
+  const min = 60_000;
+  for (
+    const now of [
+      V2.not_before_ms - 4 * min,
+      V2.not_before_ms + 30 * min,
+      V2.not_after_ms + 4 * min,
+    ]
+  ) {
+    await verifyEphemeralKey(spki, eph, now);
+  }
+  await assert.rejects(verifyEphemeralKey(spki, eph, V2.not_after_ms + 6 * min), AuthError);
+  await assert.rejects(verifyEphemeralKey(spki, eph, V2.not_before_ms - 6 * min), AuthError);
+  // Signature checked against the long-term key: the ephemeral key's own SPKI does not do.
+  await assert.rejects(
+    verifyEphemeralKey(ephSpki, eph, V2.not_before_ms),
+    /not signed by the server key/,
+  );
 });

@@ -38,6 +38,7 @@ export const CONNECT_FLAGS = {
   fingerprint: { type: "string" },
   "known-servers": { type: "string" },
   "accept-new": { type: "boolean" },
+  "require-forward-secrecy": { type: "boolean" },
   "handshake-timeout": { type: "string" },
   identity: { type: "string", short: "i" },
   quiet: { type: "boolean", short: "q" },
@@ -51,6 +52,7 @@ export const CONNECT_USAGE = `connection options:
   --fingerprint SHA256:..  trust only the server key with this fingerprint
   --known-servers FILE     trust-on-first-use list (default ~/.efx/known_servers)
   --accept-new             trust and record an unknown server without asking
+  --require-forward-secrecy  refuse a server that answers protocol v1 (no forward secrecy)
   --handshake-timeout S    seconds to wait for the handshake (default 10)
   -i, --identity FILE      client key proving who you are (default keys/client.key.pem if present)
   -q, --quiet              no progress bar, no summary lines
@@ -63,6 +65,7 @@ export interface ConnectFlags {
   fingerprint?: string;
   "known-servers"?: string;
   "accept-new"?: boolean;
+  "require-forward-secrecy"?: boolean;
   "handshake-timeout"?: string;
   identity?: string;
   quiet?: boolean;
@@ -126,6 +129,7 @@ export async function connectFromFlags(v: ConnectFlags, ui: Ui): Promise<EfxClie
     pinnedFingerprint: pinned,
     knownServersFile: v["known-servers"] ?? defaultKnownServersPath(),
     acceptNew: v["accept-new"] === true,
+    requireForwardSecrecy: v["require-forward-secrecy"] === true,
     ask: interactive ? askOnTerminal : undefined,
     warn: (text) => ui.err(text),
   });

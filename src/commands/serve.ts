@@ -1,12 +1,14 @@
 /**
  * `efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem]
  *  [--max-size SIZE] [--max-connections N] [--max-per-address N] [--max-memory SIZE]
- *  [--handshake-timeout SEC] [--auth-timeout SEC] [--idle-timeout SEC] [--quiet | --verbose]`
+ *  [--handshake-timeout SEC] [--auth-timeout SEC] [--idle-timeout SEC]
+ *  [--ephemeral-lifetime T] [--quiet | --verbose]`
  *
  * @module
  */
 import { UsageError } from "../errors.ts";
 import { durationFlag, intFlag, parseFlags, sizeFlag } from "../cli/flags.ts";
+import { checkLifetime, DEFAULT_EPHEMERAL_LIFETIME_MS } from "../ephemeral.ts";
 import { makeLogger } from "../log.ts";
 import { DEFAULT_MAX_MEMORY } from "../limits.ts";
 import { EfxServer } from "../server.ts";
@@ -29,6 +31,8 @@ export const SERVE_USAGE = `usage: efx serve [options]
   --idle-timeout S       seconds of silence before a connection is dropped (default 300)
   --authorized-clients F admit only the client keys listed in F (lines: SHA256:... [rights=read|write|rw])
   --read-only            downloads and listings only
+  --ephemeral-lifetime T lifetime of each forward-secrecy key (kept in memory only), e.g. 1h,
+                         30m (default 1h; 1s to 24h)
   --partial-ttl T        keep interrupted resumable uploads this long, e.g. 24h, 30m (default 24h)
   --min-free SIZE        refuse uploads that would leave less free disk than this, e.g. 5G
                          (default: 1G, or 5% of the disk when that is less; 0: no check)
@@ -59,6 +63,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     "authorized-clients": { type: "string" },
     "read-only": { type: "boolean" },
     "partial-ttl": { type: "string" },
+    "ephemeral-lifetime": { type: "string" },
     "min-free": { type: "string" },
     quiet: { type: "boolean", short: "q" },
     verbose: { type: "boolean", short: "v" },
@@ -69,6 +74,13 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length) throw new UsageError(`serve: unexpected argument '${positionals[0]}'`);
+  const ephemeralLifetimeMs = durationFlag(
+    values["ephemeral-lifetime"],
+    "--ephemeral-lifetime",
+    DEFAULT_EPHEMERAL_LIFETIME_MS,
+  );
+  const badLifetime = checkLifetime(ephemeralLifetimeMs);
+  if (badLifetime) throw new UsageError(`--ephemeral-lifetime: ${badLifetime}`);
   const log = makeLogger(values.quiet ? "quiet" : values.verbose ? "verbose" : "normal");
   const server = await EfxServer.start({
     host: values.host ?? "0.0.0.0",
@@ -87,6 +99,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     readOnly: values["read-only"] === true,
     partialTtlMs: durationFlag(values["partial-ttl"], "--partial-ttl", 24 * 3_600_000),
     minFreeBytes: sizeFlag(values["min-free"], "--min-free"),
+    ephemeralLifetimeMs,
     log,
     onKeyCreated: (_fp, path) =>
       console.error(`efx: no server key found; made a new one at ${path}`),

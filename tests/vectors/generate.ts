@@ -1,20 +1,24 @@
 /**
  * Generates tests/vectors/channel.json: byte-exact vectors for the efx
- * handshake, key schedule, keystream and record layer (see PROTOCOL.md).
+ * handshake (version 1, and version 2 with a signed ephemeral key under
+ * `handshake_v2`), key schedule, keystream and record layer (see PROTOCOL.md).
  *
  *     deno run --allow-read --allow-write --allow-run tests/vectors/generate.ts [--check] [--new-key]
  *
  * Everything is deterministic except four inputs that cannot be: the RSA
  * server test key pair, the RSA-OAEP ciphertext of the secret (OAEP is
  * randomized), the RSA client test key pair and the client's RSA-PSS
- * signature (PSS is randomized too). They are made once (the keys with
+ * signature (PSS is randomized too); and for version 2 the ephemeral test key
+ * pair, the server key's RSA-PSS signature on it and the OAEP ciphertext of
+ * the secret under it. They are made once (the keys with
  * `openssl genpkey`, the ciphertext and the signature with WebCrypto), stored
  * in channel.json, and reused on every later run, so a rerun reproduces the
  * file byte for byte. `--new-key` makes new ones (a channel.json without the
- * `client_auth` entry gets new client inputs only); `--check` compares
+ * `client_auth` entry gets new client inputs only, one without
+ * `handshake_v2` new version 2 inputs only); `--check` compares
  * instead of writing and exits 1 on a difference.
  *
- * Both key pairs are PUBLIC TEST KEYS: they are published in this repository
+ * All three key pairs are PUBLIC TEST KEYS: they are published in this repository
  * and must never protect anything.
  *
  * @module
@@ -27,10 +31,12 @@ import {
   encodeClientKey,
   encodeHandshakeMessage,
   encodeServerHello,
+  encodeServerHelloV2,
   finishedMac,
   HandshakeType,
   PROTOCOL_VERSION,
 } from "../../src/handshake.ts";
+import { PSS_SALT_LEN, signedEphemeralData } from "../../src/ephemeral.ts";
 import { Keystream, keystreamSalt } from "../../src/keystream.ts";
 import { type DirectionKeys, FLAG_END, RecordSealer, RecordType } from "../../src/record.ts";
 
@@ -53,7 +59,16 @@ export interface KeptInputs {
   clientPrivatePem: string;
   /** RSA-PSS-SHA256 (salt 32) signature of CLIENT_AUTH_LABEL || th by the client key. */
   clientSignature: Uint8Array<ArrayBuffer>;
+  /** Version 2: the ephemeral test key, PKCS#8 PEM. */
+  ephemeralPrivatePem: string;
+  /** Version 2: RSA-PSS-SHA256 (salt 32) signature of the signed ephemeral data by the server key. */
+  ephemeralSignature: Uint8Array<ArrayBuffer>;
+  /** Version 2: RSA-OAEP-SHA256 ciphertext of `secret` under the ephemeral key. */
+  ephemeralCiphertext: Uint8Array<ArrayBuffer>;
 }
+
+/** Version 2's fixed validity window: 2026-01-01T00:00:00Z for one hour (ms since the epoch). */
+export const V2_WINDOW = { notBefore: 1_767_225_600_000, notAfter: 1_767_229_200_000 };
 
 /** The label a client signs in front of the transcript hash. */
 export const CLIENT_AUTH_LABEL = "efx1 client auth";
@@ -138,7 +153,7 @@ function b64(bytes: Uint8Array): string {
 async function vectorTranscriptHash(privatePem: string, ciphertext: Uint8Array) {
   const spki = await spkiOfPrivatePem(privatePem);
   return await sha256(
-    encodeClientHello(FIXED.clientNonce),
+    encodeClientHello(FIXED.clientNonce, 1),
     encodeServerHello(FIXED.serverNonce, spki),
     encodeClientKey(ciphertext),
   );
@@ -155,7 +170,7 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
   const spki = await spkiOfPrivatePem(kept.privatePem);
   const fp = await fingerprintOf(spki);
 
-  const clientHello = encodeClientHello(FIXED.clientNonce);
+  const clientHello = encodeClientHello(FIXED.clientNonce, 1);
   const serverHello = encodeServerHello(FIXED.serverNonce, spki);
   const clientKey = encodeClientKey(kept.ciphertext);
   const th = await sha256(clientHello, serverHello, clientKey);
@@ -193,10 +208,12 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
   const authFrame = await (await RecordSealer.create(keys.c2s)).seal(RecordType.MSG, 0, authBody);
 
   return {
-    description: "efx protocol version 1 test vectors; see PROTOCOL.md. All byte strings are " +
+    description: "efx protocol test vectors: version 1 (handshake, key_schedule, ...) and " +
+      "version 2 (handshake_v2); see PROTOCOL.md. All byte strings are " +
       "lower-case hex. Regenerate with: deno run --allow-read --allow-write --allow-run " +
       "tests/vectors/generate.ts",
-    protocol_version: PROTOCOL_VERSION,
+    protocol_version: 1,
+    highest_protocol_version: PROTOCOL_VERSION,
     rsa_test_key: {
       WARNING: "PUBLIC TEST KEY: published with these vectors, never use it to protect anything",
       bits: 2048,
@@ -280,7 +297,109 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
         frame_hex: toHex(authFrame),
       },
     },
+    handshake_v2: await buildV2(kept, spki),
   };
+}
+
+/** The version 2 handshake vector: same nonces and secret, ephemeral key transport. */
+async function buildV2(kept: KeptInputs, spki: Uint8Array<ArrayBuffer>) {
+  const ephSpki = await spkiOfPrivatePem(kept.ephemeralPrivatePem);
+  const { notBefore, notAfter } = V2_WINDOW;
+  const signedData = signedEphemeralData(ephSpki, notBefore, notAfter);
+  const eph = { spki: ephSpki, notBefore, notAfter, signature: kept.ephemeralSignature };
+  const clientHello = encodeClientHello(FIXED.clientNonce, 2);
+  const serverHello = encodeServerHelloV2(FIXED.serverNonce, spki, eph);
+  const clientKey = encodeClientKey(kept.ephemeralCiphertext);
+  const th = await sha256(clientHello, serverHello, clientKey);
+  const keys = await deriveSessionKeys(FIXED.secret, th);
+  const cfMac = finishedMac(keys.clientFinishedKey, "client", th);
+  const sfMac = finishedMac(keys.serverFinishedKey, "server", th);
+  return {
+    note: "version 2: the server key (rsa_test_key) signs the ephemeral key and its window; " +
+      "the secret (inputs.secret) travels under the ephemeral key; same nonces as version 1",
+    ephemeral_test_key: {
+      WARNING: "PUBLIC TEST KEY: published with these vectors, never use it to protect anything",
+      bits: 2048,
+      private_pkcs8_pem: kept.ephemeralPrivatePem,
+      spki_hex: toHex(ephSpki),
+      fingerprint: await fingerprintOf(ephSpki),
+    },
+    not_before_ms: notBefore,
+    not_after_ms: notAfter,
+    not_before_iso: new Date(notBefore).toISOString(),
+    not_after_iso: new Date(notAfter).toISOString(),
+    signed_data: toHex(signedData),
+    signature_scheme: `RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length ${PSS_SALT_LEN}, ` +
+      "by the server key (rsa_test_key)",
+    signature: toHex(kept.ephemeralSignature),
+    signature_note:
+      "RSA-PSS is randomized: this signature was produced once and is kept as an input",
+    client_key_ciphertext: toHex(kept.ephemeralCiphertext),
+    ciphertext_note: "RSA-OAEP-SHA256 of inputs.secret under the ephemeral key, produced once " +
+      "and kept as an input",
+    client_hello: toHex(clientHello),
+    server_hello: toHex(serverHello),
+    client_key: toHex(clientKey),
+    transcript_hash: toHex(th),
+    hkdf_info_ascii: "efx1 keys",
+    okm: toHex(
+      concat(
+        keys.c2s.enc,
+        keys.c2s.mac,
+        keys.s2c.enc,
+        keys.s2c.mac,
+        keys.clientFinishedKey,
+        keys.serverFinishedKey,
+      ),
+    ),
+    client_finished: toHex(
+      encodeHandshakeMessage(HandshakeType.CLIENT_FINISHED, cfMac),
+    ),
+    server_finished: toHex(
+      encodeHandshakeMessage(HandshakeType.SERVER_FINISHED, sfMac),
+    ),
+  };
+}
+
+/** DER of a PKCS#8 PEM. */
+function pemDer(pemText: string): Uint8Array<ArrayBuffer> {
+  return Uint8Array.from(
+    atob(pemText.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, "")),
+    (c) => c.charCodeAt(0),
+  );
+}
+
+/** Fresh version 2 inputs: an ephemeral key (openssl), its signature by the server key, the ciphertext. */
+async function freshV2Inputs(
+  serverPrivatePem: string,
+): Promise<Pick<KeptInputs, "ephemeralPrivatePem" | "ephemeralSignature" | "ephemeralCiphertext">> {
+  const ephemeralPrivatePem = await opensslKey();
+  const ephSpki = await spkiOfPrivatePem(ephemeralPrivatePem);
+  const signKey = await crypto.subtle.importKey(
+    "pkcs8",
+    pemDer(serverPrivatePem),
+    { name: "RSA-PSS", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const ephemeralSignature = new Uint8Array(
+    await crypto.subtle.sign(
+      { name: "RSA-PSS", saltLength: PSS_SALT_LEN },
+      signKey,
+      signedEphemeralData(ephSpki, V2_WINDOW.notBefore, V2_WINDOW.notAfter),
+    ),
+  );
+  const pub = await crypto.subtle.importKey(
+    "spki",
+    ephSpki,
+    { name: "RSA-OAEP", hash: "SHA-256" },
+    false,
+    ["encrypt"],
+  );
+  const ephemeralCiphertext = new Uint8Array(
+    await crypto.subtle.encrypt({ name: "RSA-OAEP" }, pub, FIXED.secret),
+  );
+  return { ephemeralPrivatePem, ephemeralSignature, ephemeralCiphertext };
 }
 
 /** The JSON text exactly as stored. */
@@ -344,7 +463,12 @@ async function freshInputs(): Promise<KeptInputs> {
   const ciphertext = new Uint8Array(
     await crypto.subtle.encrypt({ name: "RSA-OAEP" }, pub, FIXED.secret),
   );
-  return { privatePem, ciphertext, ...await freshClientInputs({ privatePem, ciphertext }) };
+  return {
+    privatePem,
+    ciphertext,
+    ...await freshClientInputs({ privatePem, ciphertext }),
+    ...await freshV2Inputs(privatePem),
+  };
 }
 
 async function keptInputs(): Promise<KeptInputs | null> {
@@ -371,15 +495,29 @@ export async function keptInputsOf(
     privatePem: v.rsa_test_key.private_pkcs8_pem as string,
     ciphertext: fromHex(v.inputs.client_key_ciphertext) as Uint8Array<ArrayBuffer>,
   };
+  const missing = (what: string) => {
+    if (!makeMissing) throw new Error(`channel.json has no ${what} entry`);
+  };
+  let client: Pick<KeptInputs, "clientPrivatePem" | "clientSignature">;
   if (v.client_auth) {
-    return {
-      ...server,
+    client = {
       clientPrivatePem: v.client_auth.private_pkcs8_pem,
       clientSignature: fromHex(v.client_auth.signature) as Uint8Array<ArrayBuffer>,
     };
+  } else {
+    missing("client_auth");
+    client = await freshClientInputs(server);
   }
-  if (!makeMissing) throw new Error("channel.json has no client_auth entry");
-  return { ...server, ...await freshClientInputs(server) };
+  const h2 = v.handshake_v2;
+  if (!h2) missing("handshake_v2");
+  const v2 = h2
+    ? {
+      ephemeralPrivatePem: h2.ephemeral_test_key.private_pkcs8_pem as string,
+      ephemeralSignature: fromHex(h2.signature) as Uint8Array<ArrayBuffer>,
+      ephemeralCiphertext: fromHex(h2.client_key_ciphertext) as Uint8Array<ArrayBuffer>,
+    }
+    : await freshV2Inputs(server.privatePem);
+  return { ...server, ...client, ...v2 };
 }
 
 if (import.meta.main) {
