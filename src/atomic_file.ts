@@ -57,6 +57,12 @@ export interface CommitOptions {
   mtime?: Date;
   /** Keep the sticky bit of `mode` (the storage's link-record marker); peers never get it. */
   keepSticky?: boolean;
+  /**
+   * Called synchronously right before the file gets its final name (no
+   * other task runs in between); throwing aborts the commit. The server
+   * makes its last quota check here.
+   */
+  beforePlace?: () => void;
   /** Expected hex SHA-256 of the whole file (any case); a mismatch aborts. */
   expectedSha256?: string;
   /** Replace an existing final file. Default: the value given to {@linkcode AtomicWriter.create}. */
@@ -317,6 +323,7 @@ export class AtomicWriter {
       if (opts.mtime && !Number.isNaN(opts.mtime.getTime())) {
         file.utimeSync(new Date(), opts.mtime);
       }
+      opts.beforePlace?.();
       if (opts.force ?? this.#force) {
         Deno.renameSync(this.tempPath, this.finalPath);
       } else {

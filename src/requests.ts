@@ -13,11 +13,13 @@
 import type { SecureChannel } from "./channel.ts";
 import { describeError, RemoteError } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import type { MemoryBudget } from "./limits.ts";
 import { q } from "./log.ts";
 import { errorReply, LS_BATCH, parseResumeAnswer, type Request } from "./messages.ts";
 import { hashPrefix } from "./resume.ts";
 import type { PartialClaim, StorageBackend, Upload } from "./storage/backend.ts";
 import { StorageError } from "./storage/errors.ts";
+import type { Reservation } from "./storage/quota.ts";
 import { receiveFile, receiveStream, sendFile } from "./transfer.ts";
 import { formatBytes, formatDuration, formatRate } from "./progress.ts";
 
@@ -54,7 +56,18 @@ export interface Requester {
 export interface RequestLimits {
   /** Largest upload accepted, in bytes. */
   maxSize?: number;
+  /**
+   * The server's memory budget: a listing holds {@linkcode LISTING_RESERVE}
+   * bytes of it from before its walk until it is sent, so listings nobody
+   * reads cannot grow memory (they wait for room instead).
+   */
+  budget?: MemoryBudget;
 }
+
+/** Memory a listing reserves: its names are capped at a third of this (see storage/local.ts). */
+export const LISTING_RESERVE = 24 << 20;
+/** A listing reply message is cut at about this many bytes of JSON (and 1000 entries). */
+const LISTING_BATCH_BYTES = 256 << 10;
 
 /** Serves requests against one storage backend. */
 export class RequestHandler {
@@ -81,10 +94,15 @@ export class RequestHandler {
     await this.flush(run).catch(() => {});
   }
 
-  /** Checks the client's quota for an upload; returns what ends the reservation. */
-  #reserve(r: Requester, name: string, size: number): () => void {
-    if (r.quota === undefined) return () => {};
-    return this.#storage.quotas.reserve(r.who, r.quota, name, size);
+  /**
+   * Checks the client's quota for an upload of `size` bytes as `name`; its
+   * other partial uploads count too. The reservation is confirmed again
+   * right before the name appears, and released however the upload ends.
+   */
+  async #reserve(r: Requester, name: string, size: number): Promise<Reservation> {
+    if (r.quota === undefined) return { confirm: () => {}, release: () => {} };
+    const partials = await this.#storage.partialBytes(r.who, name);
+    return this.#storage.quotas.reserve(r.who, r.quota - partials, name, size);
   }
 
   #checkSize(name: string, size: number): void {
@@ -117,10 +135,11 @@ export class RequestHandler {
       this.#log.info(`${peer} ${what}: failed: ${describeError(err)}`);
     };
     let upload: Upload;
-    let unreserve = () => {};
+    let held: Reservation | undefined;
+    const unreserve = () => held?.release();
     try {
       this.#checkSize(req.name, req.size);
-      unreserve = this.#reserve(r, req.name, req.size);
+      held = await this.#reserve(r, req.name, req.size);
       upload = await this.#storage.beginWrite(req.name, {
         force: req.force,
         size: req.size,
@@ -153,6 +172,7 @@ export class RequestHandler {
         expectedSha256: peerSha256,
         force: req.force,
         durable: false, // once per folder at the end of the run
+        beforePlace: held?.confirm,
       })
     );
     committed.then(
@@ -219,16 +239,28 @@ export class RequestHandler {
       case "tree":
       case "ls": {
         const what = req.op === "ls" ? `ls ${q(req.pattern ?? "")}` : `tree ${q(req.name)}`;
-        let entries;
+        const budget = this.#limits.budget;
+        const abort = new AbortController();
+        const onBroken = setInterval(() => ch.broken && abort.abort(), 1000);
         try {
-          entries = req.op === "ls"
-            ? await storage.list(req.pattern, { recursive: req.recursive })
-            : await storage.tree(req.name);
-        } catch (err) {
-          return await replyError(what, err);
+          await budget?.acquire(LISTING_RESERVE, abort.signal);
+        } finally {
+          clearInterval(onBroken);
         }
-        await sendBatches(ch, entries);
-        log.debug(`${peer} ${what}: ${entries.length} entries`);
+        try {
+          let entries;
+          try {
+            entries = req.op === "ls"
+              ? await storage.list(req.pattern, { recursive: req.recursive })
+              : await storage.tree(req.name);
+          } catch (err) {
+            return await replyError(what, err);
+          }
+          await sendBatches(ch, entries);
+          log.debug(`${peer} ${what}: ${entries.length} entries`);
+        } finally {
+          budget?.release(LISTING_RESERVE);
+        }
         return;
       }
       case "mkdir":
@@ -238,8 +270,16 @@ export class RequestHandler {
         );
       case "symlink":
         return await simple(`symlink ${q(req.name)} -> ${q(req.target)}`, async () => {
-          await storage.symlink(req.name, req.target, { force: req.force, mtime: req.mtime });
-          storage.quotas.removed(req.name); // a file it replaced no longer counts
+          // A link is stored data too: it counts against the quota (and the
+          // backend checks the free-space reserve).
+          const size = new TextEncoder().encode(req.target).length;
+          const held = await this.#reserve(r, req.name, size);
+          try {
+            await storage.symlink(req.name, req.target, { force: req.force, mtime: req.mtime });
+            storage.quotas.wrote(req.name, size, r.who, r.quota !== undefined);
+          } finally {
+            held.release();
+          }
         });
       case "rm":
         return await simple(`rm${req.recursive ? " -r" : ""} ${q(req.name)}`, async () => {
@@ -269,10 +309,11 @@ export class RequestHandler {
     let claim: PartialClaim | null = null;
     let upload: Upload;
     let offset = 0;
-    let unreserve = () => {};
+    let held: Reservation | undefined;
+    const unreserve = () => held?.release();
     try {
       this.#checkSize(req.name, req.size);
-      unreserve = this.#reserve(r, req.name, req.size);
+      held = await this.#reserve(r, req.name, req.size);
       if (req.resume) {
         // Check before the offer: nothing may be created for a refused name.
         await storage.checkWrite(req.name, limits);
@@ -302,6 +343,7 @@ export class RequestHandler {
           mtime: req.mtime,
           expectedSha256: peerSha,
           force: req.force,
+          beforePlace: held?.confirm,
         }));
       storage.quotas.wrote(req.name, res.bytes, who, r.quota !== undefined);
       await ch.sendMessage({ ok: true, sha256: res.sha256, bytes: res.bytes });
@@ -380,10 +422,21 @@ export async function drainFile(ch: SecureChannel): Promise<void> {
   await ch.recvMessage();
 }
 
-/** Sends a listing as `{ok, entries, more}` messages of at most LS_BATCH entries. */
+/**
+ * Sends a listing as `{ok, entries, more}` messages of at most LS_BATCH
+ * entries and about {@linkcode LISTING_BATCH_BYTES} of JSON each, so that no
+ * message comes near the record limit whatever the names.
+ */
 async function sendBatches(ch: SecureChannel, entries: unknown[]): Promise<void> {
-  for (let i = 0; i === 0 || i < entries.length; i += LS_BATCH) {
-    const batch = entries.slice(i, i + LS_BATCH);
-    await ch.sendMessage({ ok: true, entries: batch, more: i + LS_BATCH < entries.length });
-  }
+  let i = 0;
+  do {
+    const batch: unknown[] = [];
+    let bytes = 0;
+    while (i < entries.length && batch.length < LS_BATCH && bytes < LISTING_BATCH_BYTES) {
+      const e = entries[i++];
+      bytes += JSON.stringify(e).length * 3; // UTF-8 of JSON text: at most 3 bytes per unit
+      batch.push(e);
+    }
+    await ch.sendMessage({ ok: true, entries: batch, more: i < entries.length });
+  } while (i < entries.length);
 }

@@ -130,12 +130,16 @@ export class EfxServer {
     this.#storage = storage;
     this.#opts = opts;
     this.#log = opts.log ?? makeLogger("normal");
-    this.#requests = new RequestHandler(storage, { maxSize: opts.maxSize }, this.#log);
     this.#slots = new ConnectionSlots(
       opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
       opts.maxPerAddress ?? DEFAULT_MAX_PER_ADDRESS,
     );
     this.#budget = new MemoryBudget(opts.maxMemory ?? DEFAULT_MAX_MEMORY);
+    this.#requests = new RequestHandler(
+      storage,
+      { maxSize: opts.maxSize, budget: this.#budget },
+      this.#log,
+    );
     const sweep = () =>
       storage.sweepPartials().then((n) => {
         if (n) this.#log.info(`removed ${n} expired partial upload(s)`);

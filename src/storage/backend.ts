@@ -51,6 +51,8 @@ export interface CommitRequest {
    * passes false and calls {@linkcode StorageBackend.sync} once at the end.
    */
   durable?: boolean;
+  /** Called synchronously right before the name appears; throwing refuses the commit. */
+  beforePlace?: () => void;
 }
 
 /** One upload in progress. Calls must not overlap. */
@@ -123,6 +125,8 @@ export interface StorageBackend {
   claimPartial(name: string, who: string, preempt: () => void): Promise<PartialClaim>;
   /** Removes the partial of `name` for `who` (after a completed upload). */
   dropPartial(name: string, who: string): Promise<void>;
+  /** Bytes held by `who`'s partial uploads, but for the one of `except` (for quotas). */
+  partialBytes(who: string, except?: string): Promise<number>;
   /** Removes partials untouched for longer than the TTL; returns how many. */
   sweepPartials(): Promise<number>;
   /** Makes the commits reported with these sync keys durable. */

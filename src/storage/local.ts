@@ -66,13 +66,15 @@ import { StorageError } from "./errors.ts";
 import { compileGlob, type Glob } from "./glob.ts";
 import { LINK_RECORD_MODE, LinkRecords } from "./local_links.ts";
 import { ensurePrivateFolder, type LocalClaim, LocalPartials } from "./local_partials.ts";
-import { checkLinkTarget, checkName, RESERVED_PREFIX } from "./names.ts";
+import { checkLinkTarget, checkName, MAX_NAME_BYTES, RESERVED_PREFIX } from "./names.ts";
 import { QuotaLedger } from "./quota.ts";
 
 /** Name of the server's own folder inside the root. */
 export const STAGING_DIR = `${RESERVED_PREFIX}staging`;
 /** Most entries one listing may return. */
 export const MAX_LIST_ENTRIES = 100_000;
+/** Most bytes of names (UTF-16) one listing may hold: bounds its memory whatever the names. */
+export const MAX_LIST_NAME_BYTES = 8 << 20;
 /** Entries handled between two yields to the event loop. */
 const YIELD_EVERY = 256;
 /** Default free-space reserve: 1 GiB, or 5 % of the file system when that is less. */
@@ -108,8 +110,8 @@ export class LocalStorage implements StorageBackend {
   readonly quotas: QuotaLedger;
   readonly #links: LinkRecords;
   readonly #partials: LocalPartials;
-  /** Declared bytes of uploads under way (counted against free space). */
-  #pending = 0;
+  /** Final paths of uploads under way (a folder holding one cannot move). */
+  #uploading = new Set<string>();
   /** Renames run one at a time (their no-clobber checks for folders are two steps). */
   #renaming: Promise<void> = Promise.resolve();
 
@@ -320,7 +322,7 @@ export class LocalStorage implements StorageBackend {
         return { keep: last && matches, descend: !last && matches };
       });
     }
-    return sortByName(out);
+    return await sortByName(out);
   }
 
   async tree(name: string): Promise<FileInfo[]> {
@@ -330,7 +332,7 @@ export class LocalStorage implements StorageBackend {
     }
     const out: FileInfo[] = [];
     await this.#walk(path, parts.join("/"), out, () => ({ keep: true, descend: true }));
-    return sortByName(out);
+    return await sortByName(out);
   }
 
   /** Walks folders (never through links), collecting what `decide` keeps; bounded and yielding. */
@@ -342,6 +344,7 @@ export class LocalStorage implements StorageBackend {
   ): Promise<void> {
     const stack: { dir: string; prefix: string; depth: number }[] = [{ dir, prefix, depth: 0 }];
     let seen = 0;
+    let nameBytes = 0;
     while (stack.length > 0) {
       const at = stack.pop()!;
       let names: string[];
@@ -360,15 +363,23 @@ export class LocalStorage implements StorageBackend {
         const path = join(at.dir, base);
         const { keep, descend } = decide(rel, base, at.depth);
         if (!keep && !descend) continue;
-        const st = lstatOrNull(path);
+        let st: Deno.FileInfo | null;
+        try {
+          st = lstatOrNull(path);
+        } catch {
+          continue; // unreadable (e.g. a name too long for the system): skipped, never a server path
+        }
         if (st === null) continue; // vanished
         if (keep) {
           const info = this.#info(rel, path, st);
           if (info) {
-            if (out.length >= MAX_LIST_ENTRIES) {
+            nameBytes += 2 * rel.length + 2 * (info.target?.length ?? 0);
+            if (out.length >= MAX_LIST_ENTRIES || nameBytes > MAX_LIST_NAME_BYTES) {
               throw new StorageError(
                 "too-large",
-                `more than ${MAX_LIST_ENTRIES} entries; list a folder or use a narrower pattern`,
+                `more than ${MAX_LIST_ENTRIES} entries or ${
+                  MAX_LIST_NAME_BYTES >> 20
+                } MiB of names; list a folder or use a narrower pattern`,
               );
             }
             out.push(info);
@@ -404,7 +415,7 @@ export class LocalStorage implements StorageBackend {
     if (!this.space.enforced) return;
     const free = freeBytes(this.root);
     if (free === null) return;
-    const room = free - this.#pending - this.space.reserveBytes;
+    const room = free - this.space.reserveBytes;
     if (size > room) {
       throw new StorageError(
         "no-space",
@@ -415,24 +426,30 @@ export class LocalStorage implements StorageBackend {
     }
   }
 
+  /**
+   * Starts an upload. Free space is checked twice: the declared size must fit
+   * above the reserve at the start, and while the bytes arrive (every MiB)
+   * the disk must stay above the reserve. Declared sizes are not held for
+   * the upload's lifetime: an upload announced and never sent must not lock
+   * everyone else out; uploads started together that would cross the reserve
+   * fail when they reach it (their temp files removed).
+   */
   async beginWrite(name: string, opts: WriteOptions): Promise<Upload> {
-    let counted = false;
-    const uncount = () => {
-      if (counted) this.#pending -= opts.size;
-      counted = false;
-    };
     const { parts, parent } = await guard(name, () => {
       const parts = checkName(name);
       this.#checkSpace(name, opts.size);
       const parent = this.#parent(name, parts, "create");
       this.#checkTarget(name, join(parent, parts[parts.length - 1]), opts);
-      // Counted in the same synchronous step as the check: uploads started
-      // together cannot each be granted the same free space.
-      this.#pending += opts.size;
-      counted = true;
       return { parts, parent };
     });
     const path = join(parent, parts[parts.length - 1]);
+    this.#uploading.add(path);
+    let tracked = true;
+    const uncount = () => {
+      if (tracked) this.#uploading.delete(path);
+      tracked = false;
+    };
+    let sinceCheck = 0;
     const claim = opts.partial?.claim as LocalClaim | undefined;
     let writer: AtomicWriter;
     try {
@@ -453,7 +470,19 @@ export class LocalStorage implements StorageBackend {
       get bytesWritten() {
         return writer.bytesWritten;
       },
-      write: (chunk) => writer.write(chunk),
+      write: async (chunk) => {
+        sinceCheck += chunk.length;
+        if (sinceCheck >= 1 << 20) {
+          sinceCheck = 0;
+          try {
+            this.#checkSpace(name, 0);
+          } catch (err) {
+            await writer.abort();
+            throw err;
+          }
+        }
+        await writer.write(chunk);
+      },
       commit: async (req: CommitRequest) => {
         try {
           const res = await writer.commit({
@@ -462,6 +491,7 @@ export class LocalStorage implements StorageBackend {
             expectedSha256: req.expectedSha256,
             force: req.force,
             syncDir: req.durable !== false,
+            beforePlace: req.beforePlace,
           });
           return { ...res, syncKey: parent };
         } finally {
@@ -478,6 +508,8 @@ export class LocalStorage implements StorageBackend {
   async mkdir(name: string, opts: { mode?: number; mtime?: number } = {}): Promise<void> {
     await guard(name, () => {
       const parts = checkName(name);
+      // A folder takes a block too: below the reserve, none is made.
+      if (lstatOrNull(join(this.root, ...parts)) === null) this.#checkSpace(name, 4096);
       const path = join(this.#parent(name, parts, "create"), parts[parts.length - 1]);
       try {
         Deno.mkdirSync(path, { mode: 0o755 });
@@ -520,6 +552,7 @@ export class LocalStorage implements StorageBackend {
     const path = join(parent, parts[parts.length - 1]);
     await guard(name, () => this.#checkTarget(name, path, opts));
     const record = this.#links.encode(target);
+    await guard(name, () => this.#checkSpace(name, record.length));
     const writer = await AtomicWriter.create(path, {
       force: opts.force,
       tempDir: parent,
@@ -585,8 +618,9 @@ export class LocalStorage implements StorageBackend {
   }
 
   rename(from: string, to: string, opts: { force: boolean }): Promise<void> {
-    const run = this.#renaming.then(() =>
-      guard(from, () => {
+    const run = this.#renaming.then(async () => {
+      await this.#checkMovedNames(from, to);
+      return await guard(from, () => {
         const src = this.#existing(from);
         const toParts = checkName(to);
         if (to === from) return;
@@ -622,10 +656,51 @@ export class LocalStorage implements StorageBackend {
           return;
         }
         Deno.renameSync(src.path, dest);
-      })
-    );
+      });
+    });
     this.#renaming = run.then(() => {}, () => {});
     return run;
+  }
+
+  /**
+   * Before a folder moves: no upload may be under way inside it (its temp
+   * file would be left behind under a path nobody can name), and no name
+   * below it may grow past {@linkcode MAX_NAME_BYTES} at its new place.
+   */
+  async #checkMovedNames(from: string, to: string): Promise<void> {
+    const { path, st } = await guard(from, () => this.#existing(from));
+    if (!st.isDirectory || st.isSymlink) return;
+    const prefix = `${path}/`;
+    for (const p of this.#uploading) {
+      if (p.startsWith(prefix)) {
+        throw new StorageError("busy", `${from} has uploads under way; move it when they are done`);
+      }
+    }
+    const room = MAX_NAME_BYTES - utf8.encode(to).length - 1;
+    let longest = 0;
+    let seen = 0;
+    const stack: [string, number][] = [[path, 0]];
+    while (stack.length > 0) {
+      const [dir, len] = stack.pop()!;
+      let entries: Deno.DirEntry[];
+      try {
+        entries = [...Deno.readDirSync(dir)];
+      } catch {
+        continue;
+      }
+      for (const e of entries) {
+        const l = len + (len ? 1 : 0) + utf8.encode(e.name).length;
+        longest = Math.max(longest, l);
+        if (longest > room) {
+          throw new StorageError(
+            "bad-name",
+            `cannot move ${from} to ${to}: names below it would be longer than ${MAX_NAME_BYTES} bytes`,
+          );
+        }
+        if (e.isDirectory && !e.isSymlink) stack.push([join(dir, e.name), l]);
+        if (++seen % YIELD_EVERY === 0) await yieldNow();
+      }
+    }
   }
 
   // ---- partials and durability -------------------------------------------
@@ -641,6 +716,10 @@ export class LocalStorage implements StorageBackend {
   dropPartial(name: string, who: string): Promise<void> {
     this.#partials.drop(name, who);
     return Promise.resolve();
+  }
+
+  partialBytes(who: string, except?: string): Promise<number> {
+    return Promise.resolve(this.#partials.bytesOf(who, except));
   }
 
   sweepPartials(): Promise<number> {
@@ -679,8 +758,31 @@ function isNotEmpty(err: unknown): boolean {
   return err instanceof Error && /os error (39|66)\)/.test(err.message);
 }
 
-function sortByName(out: FileInfo[]): FileInfo[] {
-  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+/**
+ * Sorts by name (UTF-16 code units) with a bottom-up merge sort that yields
+ * to the event loop every few thousand comparisons: names sharing long
+ * prefixes make comparisons slow, and no listing may stall other clients.
+ */
+async function sortByName(out: FileInfo[]): Promise<FileInfo[]> {
+  const n = out.length;
+  let src = out;
+  let dst = new Array<FileInfo>(n);
+  let work = 0;
+  for (let width = 1; width < n; width *= 2) {
+    for (let lo = 0; lo < n; lo += 2 * width) {
+      const mid = Math.min(lo + width, n);
+      const hi = Math.min(lo + 2 * width, n);
+      let i = lo, j = mid, k = lo;
+      while (i < mid && j < hi) {
+        dst[k++] = src[j].name < src[i].name ? src[j++] : src[i++];
+        if (++work % 4096 === 0) await yieldNow();
+      }
+      while (i < mid) dst[k++] = src[i++];
+      while (j < hi) dst[k++] = src[j++];
+    }
+    [src, dst] = [dst, src];
+  }
+  return src;
 }
 
 function toInfo(name: string, st: Deno.FileInfo, type: FileInfo["type"]): FileInfo {

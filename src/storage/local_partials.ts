@@ -146,6 +146,21 @@ export class LocalPartials {
     }
   }
 
+  /** Bytes of `who`'s partials on disk, but for the one of `except` (counted against quotas). */
+  bytesOf(who: string, except?: string): number {
+    const skip = except === undefined ? "" : this.pathOf(except, who);
+    const dir = this.#folderOf(who);
+    let n = 0;
+    try {
+      for (const e of Deno.readDirSync(dir)) {
+        const p = join(dir, e.name);
+        if (!e.isFile || p === skip) continue;
+        n += lstatOrNull(p)?.size ?? 0;
+      }
+    } catch { /* none */ }
+    return n;
+  }
+
   /** Removes the partial of `name` for `who`, unless a claim holds it. */
   drop(name: string, who: string): void {
     if (this.#held.has(`${who}\0${name}`)) return;

@@ -28,6 +28,17 @@ interface Owned {
   size: number;
 }
 
+/** An upload's hold on quota room: confirmed before it lands, released however it ends. */
+export interface Reservation {
+  confirm(): void;
+  release(): void;
+}
+
+/** Ledger key of the partial upload at `rel` (its path in the staging area): partials count too. */
+export function partialKey(rel: string): string {
+  return `\0partial/${rel}`;
+}
+
 /** Who owns what, for the clients that have a quota. */
 export class QuotaLedger {
   #dir: string;
@@ -36,6 +47,10 @@ export class QuotaLedger {
   #usage = new Map<string, number>();
   /** Declared sizes of uploads under way, per identity. */
   #pending = new Map<string, number>();
+  /** Lines in each identity's log since it was last compacted. */
+  #lines = new Map<string, number>();
+  /** Entries each identity's log held when last compacted. */
+  #compacted = new Map<string, number>();
 
   private constructor(dir: string, ensureDir: () => void) {
     this.#dir = dir;
@@ -67,6 +82,8 @@ export class QuotaLedger {
       }
       if (who === null) continue;
       for (const [name, size] of owned) l.#owners.set(name, { who, size });
+      l.#lines.set(who, owned.size + 1);
+      l.#compacted.set(who, owned.size);
       const lines = [
         JSON.stringify({ who }),
         ...[...owned].map(([n, s]) => JSON.stringify({ n, s })),
@@ -94,26 +111,38 @@ export class QuotaLedger {
    * crediting a file of the same name it already owns; else reserves the
    * bytes until {@linkcode QuotaLedger.settle}.
    */
-  reserve(who: string, quota: number, name: string, size: number): () => void {
+  reserve(who: string, quota: number, name: string, size: number): Reservation {
+    this.#check(who, quota, name, size, 0);
+    this.#pending.set(who, (this.#pending.get(who) ?? 0) + size);
+    let done = false;
+    return {
+      // Again right before the name appears (synchronously with it): the
+      // file it replaces may have been renamed away meanwhile, so its
+      // credit is taken from the ledger as it is now.
+      confirm: () => {
+        if (!done) this.#check(who, quota, name, size, size);
+      },
+      release: () => {
+        if (done) return;
+        done = true;
+        this.#pending.set(who, (this.#pending.get(who) ?? size) - size);
+      },
+    };
+  }
+
+  /** Throws when `size` more bytes as `name` (`held` of them already pending) exceed `quota`. */
+  #check(who: string, quota: number, name: string, size: number, held: number): void {
     const replaced = this.#owners.get(name);
     const credit = replaced?.who === who ? replaced.size : 0;
-    const pending = this.#pending.get(who) ?? 0;
-    const after = this.usage(who) + pending + size - credit;
-    if (after > quota) {
+    const used = this.usage(who) + (this.#pending.get(who) ?? 0) - held;
+    if (used + size - credit > quota) {
       throw new StorageError(
         "quota",
-        `${name} would exceed your quota on the server: ${
-          formatBytes(this.usage(who) + pending)
-        } of ${formatBytes(quota)} used, ${formatBytes(size)} more asked`,
+        `${name} would exceed your quota on the server: ${formatBytes(used)} of ${
+          formatBytes(quota)
+        } used, ${formatBytes(size)} more asked`,
       );
     }
-    this.#pending.set(who, pending + size);
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      this.#pending.set(who, (this.#pending.get(who) ?? size) - size);
-    };
   }
 
   /** A file `name` of `size` bytes was committed by `who` (tracked when `tracked`). */
@@ -148,6 +177,27 @@ export class QuotaLedger {
     }
   }
 
+  #ownedBy(who: string): [string, number][] {
+    const out: [string, number][] = [];
+    for (const [n, o] of this.#owners) if (o.who === who) out.push([n, o.size]);
+    return out;
+  }
+
+  /** Rewrites `who`'s log as what it owns now: the log stays proportional to that. */
+  #compact(who: string, path: string): void {
+    const owned = this.#ownedBy(who);
+    const text = [JSON.stringify({ who }), ...owned.map(([n, s]) => JSON.stringify({ n, s }))]
+      .join("\n") + "\n";
+    try {
+      this.#ensureDir();
+      const tmp = `${path}.tmp`;
+      Deno.writeTextFileSync(tmp, text, { mode: 0o600 });
+      Deno.renameSync(tmp, path);
+      this.#lines.set(who, owned.length + 1);
+      this.#compacted.set(who, owned.length);
+    } catch { /* best effort */ }
+  }
+
   #names(name: string, tree: boolean): string[] {
     const out: string[] = [];
     if (this.#owners.has(name)) out.push(name);
@@ -160,6 +210,13 @@ export class QuotaLedger {
 
   #append(who: string, rec: Record<string, unknown>): void {
     const path = join(this.#dir, `${createHash("sha256").update(who).digest("hex")}.log`);
+    const lines = (this.#lines.get(who) ?? 0) + 1;
+    this.#lines.set(who, lines);
+    // Compacted once it is four times what it describes (checked cheaply).
+    if (lines > 64 + 4 * (this.#compacted.get(who) ?? 0)) {
+      this.#compact(who, path);
+      return;
+    }
     try {
       this.#ensureDir();
       let head = "";
