@@ -12,9 +12,13 @@
  * Two ways to collect, measured (bench/floor.ts conditions, 2-core EPYC):
  * - V8's `gc` exposed on the global object (the process was started with
  *   `--v8-flags=--expose-gc`, as the deno.json tasks and compiled binaries
- *   are): a full collection of our small heap takes ~0.4 ms, so it runs
- *   every {@linkcode GC_INTERVAL_BYTES} (8 MiB; peak RSS ~60 MB for the
- *   keystream of 1 GiB, ~0.05 ms per MiB);
+ *   are): a full collection of our small heap takes ~0.4 ms when idle, but
+ *   in a streaming process each one costs several ms more (the freed
+ *   keystream memory goes back to the OS and the next buffers fault it in
+ *   again): one side alone measured ~9.6, ~8.0 and ~7.4 ms CPU per MiB
+ *   collecting every 4, 8 and 32 MiB. It runs every
+ *   {@linkcode GC_INTERVAL_BYTES} (16 MiB), which keeps a 1 GiB transfer
+ *   near 70 MiB peak RSS;
  * - otherwise `gc` from a `node:vm` context (the flag set at run time only
  *   reaches new contexts): the same collection costs ~20 ms there, so it
  *   runs only every {@linkcode GC_INTERVAL_FALLBACK_BYTES} (24 MiB;
@@ -27,7 +31,7 @@ import * as v8 from "node:v8";
 import * as vm from "node:vm";
 
 /** Bytes of short-lived keystream buffers between two collections (global `gc`). */
-export const GC_INTERVAL_BYTES = 8 * 1024 * 1024;
+export const GC_INTERVAL_BYTES = 16 * 1024 * 1024;
 /** The same through the slow `node:vm` route. */
 export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 
