@@ -25,6 +25,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import {
+  cpuMsOf,
   formatTable,
   freePort,
   machineInfo,
@@ -36,13 +37,21 @@ import {
 } from "./measure.ts";
 import { type SshdHandle, startSshd } from "./sshd.ts";
 import { SecureChannel } from "../src/channel.ts";
+import { describeFloor, type Floor, measureFloor } from "./floor.ts";
+import { describeOneSide, oneSide } from "./one_side.ts";
 import { EfxClient } from "../src/client.ts";
 import { writeKeyPair } from "../src/keys.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = join(ROOT, "main.ts");
 /** The same permissions as the `efx` and `serve` tasks in deno.json. */
-const CLIENT_FLAGS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
+const CLIENT_FLAGS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--v8-flags=--expose-gc",
+];
 
 const { values: opt } = parseArgs({
   args: Deno.args,
@@ -53,6 +62,7 @@ const { values: opt } = parseArgs({
     files: { type: "string" },
     handshakes: { type: "string" },
     "no-ssh": { type: "boolean" },
+    "one-side": { type: "boolean" },
     out: { type: "string" },
   },
 });
@@ -79,8 +89,18 @@ interface Series {
   ms: number[];
   clientRssKiB: number[];
   serverRssKiB: number[];
+  /** CPU time of the client process (all threads; see runMeasured). */
+  clientCpuMs: number[];
+  /** CPU time the server process used during the transfer. */
+  serverCpuMs: number[];
 }
-const newSeries = (): Series => ({ ms: [], clientRssKiB: [], serverRssKiB: [] });
+const newSeries = (): Series => ({
+  ms: [],
+  clientRssKiB: [],
+  serverRssKiB: [],
+  clientCpuMs: [],
+  serverCpuMs: [],
+});
 
 function resetPeak(pid: number) {
   try {
@@ -133,6 +153,10 @@ try {
     smallSha.set(name, await sha256File(p));
   }
 
+  // The crypto floor, measured in this process before and after the efx runs.
+  const floors: Floor[] = [await measureFloor()];
+  log(describeFloor(floors[0]));
+
   // --- efx server -------------------------------------------------------
   const keyDir = join(tmp, "keys");
   const kp = await writeKeyPair(keyDir, { bits: 3072 });
@@ -165,24 +189,43 @@ try {
     runMeasured([Deno.execPath(), "run", ...CLIENT_FLAGS, MAIN, ...args, ...efxConn], { cwd });
 
   const results: Record<string, unknown> = {};
+  // A client's start-up (Deno, modules, handshake) is not per MiB: the CPU of
+  // an `efx ls` (the least of three) is subtracted from the client's figures.
+  const startup: number[] = [];
+  for (let i = 0; i < 3; i++) startup.push((await must("efx ls", efx(["ls"]))).cpuMs);
+  const startupCpuMs = Math.min(...startup);
+  results.clientStartupCpuMs = startup;
+  log(`client start-up (efx ls): ${startupCpuMs.toFixed(0)} ms CPU`);
   const efxUp = newSeries(), efxDown = newSeries();
   const efxSmall: number[] = [];
   for (let r = 0; r < runs; r++) {
     resetPeak(server.pid);
+    let cpu0 = cpuMsOf(server.pid);
     const up = await must("efx upload", efx(["upload", big, "--as", "big.bin", "--force"]));
     efxUp.ms.push(up.ms);
     efxUp.clientRssKiB.push(up.peakRssKiB);
     efxUp.serverRssKiB.push(serverPeakKiB(server.pid));
+    efxUp.clientCpuMs.push(up.cpuMs);
+    efxUp.serverCpuMs.push(cpuMsOf(server.pid) - cpu0);
     await checkSha(join(storage, "big.bin"), bigSha, "efx upload");
     const dl = join(tmp, "down.bin");
     resetPeak(server.pid);
+    cpu0 = cpuMsOf(server.pid);
     const down = await must("efx download", efx(["download", "big.bin", "-o", dl, "--force"]));
     efxDown.ms.push(down.ms);
     efxDown.clientRssKiB.push(down.peakRssKiB);
     efxDown.serverRssKiB.push(serverPeakKiB(server.pid));
+    efxDown.clientCpuMs.push(down.cpuMs);
+    efxDown.serverCpuMs.push(cpuMsOf(server.pid) - cpu0);
     await checkSha(dl, bigSha, "efx download");
     await Deno.remove(dl);
-    log(`efx run ${r + 1}: upload ${fmtRate(size, up.ms)}, download ${fmtRate(size, down.ms)}`);
+    log(
+      `efx run ${r + 1}: upload ${fmtRate(size, up.ms)} (CPU/MiB client ${
+        perMiB(up.cpuMs)
+      }, server ${perMiB(efxUp.serverCpuMs.at(-1)!)}), download ${fmtRate(size, down.ms)} (${
+        perMiB(down.cpuMs)
+      }, ${perMiB(efxDown.serverCpuMs.at(-1)!)})`,
+    );
 
     const s = await must(
       "efx upload (small files)",
@@ -195,6 +238,18 @@ try {
     log(`efx run ${r + 1}: ${nFiles} x 4 KiB in ${(s.ms / 1000).toFixed(2)} s`);
   }
   results.efx = { upload: efxUp, download: efxDown, smallFilesMs: efxSmall };
+  floors.push(await measureFloor());
+  log(describeFloor(floors[1]));
+  const floor = floors[0].total / 2 + floors[1].total / 2;
+  results.floor = { runs: floors, meanMsPerMiB: floor };
+
+  let oneSideLine = "";
+  if (opt["one-side"]) {
+    const os = await oneSide(big, size, keyDir, tmp);
+    results.oneSide = os;
+    oneSideLine = describeOneSide(os, floor);
+    log(oneSideLine);
+  }
 
   // Handshakes: sequential connections from this process (no process start-up in the figure).
   const pinned = () => Promise.resolve({ fingerprint: kp.fingerprint, status: "pinned" as const });
@@ -365,6 +420,10 @@ try {
     })`;
   const scpDef = scpRows["scp"], scpGcm = scpRows["scp aes128-gcm"];
   const ratio = (a: number, b?: number) => (b ? (a / b).toFixed(2) + "x" : "-");
+  const vsFloor = (cpu: number[]) => {
+    const m = median(cpu) / (size / 1024 ** 2);
+    return `${m.toFixed(2)} (${(m / floor).toFixed(2)}x)`;
+  };
   const mib = (kib: number[]) => kib.length ? `${(Math.max(...kib) / 1024).toFixed(0)} MiB` : "-";
   const rows: string[][] = [];
   const sizeLabel = `${size / 1024 ** 2} MiB`;
@@ -386,6 +445,8 @@ try {
       ratio(median(e), s && median(s)),
       mib(series.clientRssKiB),
       mib(series.serverRssKiB),
+      vsFloor(series.clientCpuMs.map((c) => c - startupCpuMs)),
+      vsFloor(series.serverCpuMs),
     ]);
   }
   const secs = (ms: number[]) => ms.map((m) => m / 1000);
@@ -445,6 +506,8 @@ try {
     "efx/scp speed",
     "client RSS",
     "server RSS",
+    "client CPU ms/MiB",
+    "server CPU ms/MiB",
   ];
   const table = formatTable(header, rows);
   const date = new Date().toISOString().slice(0, 10);
@@ -452,6 +515,14 @@ try {
     `efx benchmark, ${date}, ${info.cores} cores, ${info.cpu}, runs=${runs}, median (min-max)`,
   );
   console.log(table);
+  console.log(
+    `${describeFloor(floors[0])}; after the runs ${
+      floors[1].total.toFixed(2)
+    }; CPU columns: median per MiB (x the mean floor ${
+      floor.toFixed(2)
+    }), client net of its start-up (${startupCpuMs.toFixed(0)} ms)`,
+  );
+  if (oneSideLine) console.log(oneSideLine);
   if (sshNote) console.log(sshNote);
   await Deno.writeTextFile(
     outPath,
@@ -471,6 +542,10 @@ try {
   }
   await sshd?.stop();
   await Deno.remove(tmp, { recursive: true });
+}
+
+function perMiB(cpuMs: number): string {
+  return `${(cpuMs / (size / 1024 ** 2)).toFixed(2)} ms`;
 }
 
 function fmtRate(bytes: number, ms: number): string {

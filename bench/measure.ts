@@ -43,6 +43,12 @@ export interface MeasureOptions {
 export interface MeasureResult extends RssSample {
   /** Wall-clock time from spawn until the exit status is known. */
   ms: number;
+  /**
+   * CPU time (user + system, all threads) of the root process, as last
+   * sampled from /proc before it exited: a lower bound, short by at most one
+   * sampling interval of work.
+   */
+  cpuMs: number;
   /** Exit code (128 + signal number when killed by a signal). */
   code: number;
   stderr: string;
@@ -74,6 +80,22 @@ export function peakRssOf(pid: number): number {
   }
   const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(text);
   return m ? Number(m[1]) : 0;
+}
+
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux). */
+const CLK_TCK = 100;
+
+/** CPU time (user + system, ms, all threads) a running pid has used, or -1 if gone. */
+export function cpuMsOf(pid: number): number {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return -1;
+  }
+  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+  return ((Number(rest[11]) + Number(rest[12])) * 1000) / CLK_TCK;
 }
 
 /** Parent pid of a process from /proc/<pid>/stat, or -1 if gone. */
@@ -253,21 +275,24 @@ export async function runMeasured(
   }
 
   const rss = new TreeRss(child.pid);
+  let cpuMs = 0;
   while (!exited) {
     rss.poll();
+    cpuMs = Math.max(cpuMs, cpuMsOf(child.pid));
     let tick: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([statusP, new Promise((r) => tick = setTimeout(r, sampleMs))]);
     clearTimeout(tick);
   }
   // The process may have exited during the wait; a last try costs nothing.
   rss.sample();
+  cpuMs = Math.max(cpuMs, cpuMsOf(child.pid));
 
   const status = await statusP;
   if (timer !== undefined) clearTimeout(timer);
   const [stderr, stdout] = await Promise.all([stderrP, stdoutP]);
   let code = status.code;
   if (status.signal) code = 128 + (SIGNALS[status.signal] ?? 0);
-  return { ms: msAtExit, code, stderr, stdout, ...rss.result(), timedOut };
+  return { ms: msAtExit, cpuMs, code, stderr, stdout, ...rss.result(), timedOut };
 }
 
 /** Median (mean of the two middle values for even length); NaN for an empty list. */

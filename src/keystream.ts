@@ -10,7 +10,9 @@
  * 1, 2, 3, ... This is exactly PBKDF2-HMAC-SHA256 with password `K`, salt
  * `"efx1 ks" || uint64_be(seq)` and one iteration (RFC 8018, section 5.2: with
  * c = 1, T_i = U_1 = PRF(P, S || INT(i))), so one WebCrypto `deriveBits` call
- * yields a whole record's keystream, computed off the main thread.
+ * yields a whole large record's keystream, computed off the main thread.
+ * Small records (control messages, small files) get the same bytes from a
+ * WebAssembly SIMD implementation (src/wasm/sha256_ks.c), computed in place.
  *
  * Invariants (the security argument is in PROTOCOL.md):
  * - every (K, seq, i) triple is used for at most one block: `seq` is a
@@ -28,20 +30,24 @@
  * ```
  * @module
  */
+import { Buffer } from "node:buffer";
 import { pbkdf2Sync } from "node:crypto";
 import { concat, u64, utf8 } from "./bytes.ts";
 import { noteGarbage } from "./gc.ts";
+import { SHA256_KS_WASM } from "./wasm/sha256_ks_wasm.ts";
 
 const LABEL = utf8.encode("efx1 ks");
 
 /**
- * Records up to this size (the 4 KiB of a small file included) get their
- * keystream from `node:crypto`'s synchronous PBKDF2 (identical output),
- * larger ones from WebCrypto, off the main thread. Measured per call:
- * 64 B: 4.5 us vs 42 us; 1 KiB: 16 us vs 30 us; 4 KiB: 59 us vs 49 us (but
- * no hand-off between threads).
+ * Records up to this size (control messages, the 4 KiB of a small file)
+ * get their keystream computed in place by the WebAssembly module; larger
+ * ones from WebCrypto, off the main thread. CPU per call, measured on the
+ * 2-core EPYC (WASM / node:crypto pbkdf2Sync / WebCrypto): 1 KiB 9 / 20 /
+ * 22 us; 4 KiB 28 / 81 / 66 us; 16 KiB 108 / 311 / 129 us; 64 KiB 424 /
+ * 1142 / 310 us (WebCrypto also adds a thread hand-off, ~30-40 us of wall
+ * time). bench/keystream_wasm.ts measures the large-record case.
  */
-export const SYNC_KEYSTREAM_MAX = 4096;
+export const SYNC_KEYSTREAM_MAX = 16384;
 
 /** The largest keystream one record may take (2^32 - 1 blocks of 32 bytes). */
 export const MAX_KEYSTREAM_BYTES = (2 ** 32 - 1) * 32;
@@ -51,10 +57,39 @@ export function keystreamSalt(seq: bigint): Uint8Array<ArrayBuffer> {
   return concat(LABEL, u64(seq));
 }
 
+interface KsWasm {
+  memory: WebAssembly.Memory;
+  ks_io_ptr(): number;
+  ks_out_ptr(): number;
+  ks_max_blocks(): number;
+  ks_key(): void;
+  ks_gen(first: number, nblocks: number): number;
+}
+
+/** The WASM keystream, or null where WebAssembly SIMD is unavailable (pbkdf2Sync then). */
+const wasm: KsWasm | null = (() => {
+  try {
+    const module = new WebAssembly.Module(Buffer.from(SHA256_KS_WASM, "base64"));
+    const ex = new WebAssembly.Instance(module, {}).exports as unknown as KsWasm;
+    return ex.ks_max_blocks() * 32 >= SYNC_KEYSTREAM_MAX ? ex : null;
+  } catch {
+    return null;
+  }
+})();
+/** Which Keystream's key the WASM module holds (its HMAC midstates are per key). */
+let wasmOwner = 0;
+let lastId = 0;
+
+/** Whether small records use the WASM keystream (for tests and the benchmark). */
+export function wasmKeystreamActive(): boolean {
+  return wasm !== null;
+}
+
 /** HMAC-SHA256 counter-mode keystream for one direction. */
 export class Keystream {
   #key: CryptoKey;
   #raw: Uint8Array;
+  #id = ++lastId;
 
   private constructor(key: CryptoKey, raw: Uint8Array) {
     this.#key = key;
@@ -72,12 +107,7 @@ export class Keystream {
   async generate(seq: bigint, length: number): Promise<Uint8Array<ArrayBuffer>> {
     if (length === 0) return new Uint8Array(0);
     if (length > MAX_KEYSTREAM_BYTES) throw new Error("record too long for one keystream");
-    if (length <= SYNC_KEYSTREAM_MAX) {
-      // Same function, computed in place: for control messages one WebCrypto
-      // call (~30-40 us) costs several times the work itself (~5 us).
-      const out = pbkdf2Sync(this.#raw, keystreamSalt(seq), 1, length, "sha256");
-      return new Uint8Array(out.buffer, out.byteOffset, length) as Uint8Array<ArrayBuffer>;
-    }
+    if (length <= SYNC_KEYSTREAM_MAX) return this.generateSync(seq, length);
     const bits = await crypto.subtle.deriveBits(
       { name: "PBKDF2", hash: "SHA-256", salt: keystreamSalt(seq), iterations: 1 },
       this.#key,
@@ -85,6 +115,32 @@ export class Keystream {
     );
     noteGarbage(bits.byteLength); // dead once the record is sealed or opened
     return new Uint8Array(bits, 0, length);
+  }
+
+  /**
+   * The same bytes as {@linkcode generate}, computed in place (WASM, or
+   * node:crypto's PBKDF2 without it), for records up to
+   * {@linkcode SYNC_KEYSTREAM_MAX}: for these a hand-off to another thread
+   * costs more than the work.
+   */
+  generateSync(seq: bigint, length: number): Uint8Array<ArrayBuffer> {
+    if (length > SYNC_KEYSTREAM_MAX) throw new Error("generateSync: record too long");
+    if (!wasm) {
+      const out = pbkdf2Sync(this.#raw, keystreamSalt(seq), 1, length, "sha256");
+      return new Uint8Array(out.buffer, out.byteOffset, length) as Uint8Array<ArrayBuffer>;
+    }
+    const mem = new Uint8Array(wasm.memory.buffer);
+    const io = wasm.ks_io_ptr();
+    if (wasmOwner !== this.#id) {
+      mem.set(this.#raw, io);
+      wasm.ks_key();
+      mem.fill(0, io, io + 32); // the key itself need not stay there
+      wasmOwner = this.#id;
+    }
+    mem.set(keystreamSalt(seq), io + 64);
+    wasm.ks_gen(1, Math.ceil(length / 32));
+    const out = wasm.ks_out_ptr();
+    return mem.slice(out, out + length);
   }
 }
 
