@@ -13,7 +13,7 @@
 import type { SecureChannel } from "./channel.ts";
 import { describeError, RemoteError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { MemoryBudget } from "./limits.ts";
+import { MemoryBudget } from "./limits.ts";
 import { q } from "./log.ts";
 import { errorReply, LS_BATCH, parseResumeAnswer, type Request } from "./messages.ts";
 import { hashPrefix } from "./resume.ts";
@@ -56,16 +56,18 @@ export interface Requester {
 export interface RequestLimits {
   /** Largest upload accepted, in bytes. */
   maxSize?: number;
-  /**
-   * The server's memory budget: a listing holds {@linkcode LISTING_RESERVE}
-   * bytes of it from before its walk until it is sent, so listings nobody
-   * reads cannot grow memory (they wait for room instead).
-   */
-  budget?: MemoryBudget;
 }
 
 /** Memory a listing reserves: its names are capped at a third of this (see storage/local.ts). */
 export const LISTING_RESERVE = 24 << 20;
+/**
+ * Listings built or being sent at once, server-wide. Each holds
+ * {@linkcode LISTING_RESERVE} from before its walk until it is sent, so
+ * listings nobody reads cannot grow memory: the next ones wait instead. Kept
+ * apart from the record budget, so that stalled records never hold up
+ * listings (nor the reverse).
+ */
+export const MAX_LISTINGS = 4;
 /** A listing reply message is cut at about this many bytes of JSON (and 1000 entries). */
 const LISTING_BATCH_BYTES = 256 << 10;
 
@@ -73,6 +75,7 @@ const LISTING_BATCH_BYTES = 256 << 10;
 export class RequestHandler {
   #storage: StorageBackend;
   #limits: RequestLimits;
+  #listings = new MemoryBudget(MAX_LISTINGS * LISTING_RESERVE);
   #log: Logger;
 
   constructor(storage: StorageBackend, limits: RequestLimits, log: Logger) {
@@ -239,11 +242,11 @@ export class RequestHandler {
       case "tree":
       case "ls": {
         const what = req.op === "ls" ? `ls ${q(req.pattern ?? "")}` : `tree ${q(req.name)}`;
-        const budget = this.#limits.budget;
+        const budget = this.#listings;
         const abort = new AbortController();
         const onBroken = setInterval(() => ch.broken && abort.abort(), 1000);
         try {
-          await budget?.acquire(LISTING_RESERVE, abort.signal);
+          await budget.acquire(LISTING_RESERVE, abort.signal);
         } finally {
           clearInterval(onBroken);
         }
@@ -259,7 +262,7 @@ export class RequestHandler {
           await sendBatches(ch, entries);
           log.debug(`${peer} ${what}: ${entries.length} entries`);
         } finally {
-          budget?.release(LISTING_RESERVE);
+          budget.release(LISTING_RESERVE);
         }
         return;
       }

@@ -137,7 +137,7 @@ export class EfxServer {
     this.#budget = new MemoryBudget(opts.maxMemory ?? DEFAULT_MAX_MEMORY);
     this.#requests = new RequestHandler(
       storage,
-      { maxSize: opts.maxSize, budget: this.#budget },
+      { maxSize: opts.maxSize },
       this.#log,
     );
     const sweep = () =>
