@@ -13,8 +13,10 @@
  *
  * @module
  */
+import { join } from "node:path";
 import type { S3Config } from "../../src/storage/s3_client.ts";
 import { S3Client } from "../../src/storage/s3_client.ts";
+import { freePort, MAIN_TS, taskFlags, testServerKey } from "./server.ts";
 
 /** Where `scripts/s3-store-start.sh` writes its env file by default. */
 export const DEFAULT_ENV_FILE = `${Deno.env.get("TMPDIR") ?? "/tmp"}/efx-rgw/env`;
@@ -100,4 +102,110 @@ export async function listKeys(config: S3Config): Promise<string[]> {
     for (const o of page.objects) keys.push(o.key.slice(config.prefix.length));
   }
   return keys.sort();
+}
+
+/** A running `efx serve --storage s3://...` node. */
+export interface S3Node {
+  port: number;
+  pubKeyPath: string;
+  fingerprint: string;
+  proc: Deno.ChildProcess;
+  exited: Promise<Deno.CommandStatus>;
+  stderr(): string;
+  /** Sends `signal` (default SIGTERM) unless ended, awaits the exit, removes its folder. */
+  stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+}
+
+/**
+ * Spawns one node serving `config`'s bucket and prefix under exactly the
+ * `serve-s3` task's permissions (its listening address and the store's
+ * address are the only words changed), with credentials in the environment,
+ * and waits for its "serving" line. Rejects with the node's log when it
+ * exits first (e.g. refused credentials).
+ */
+export async function startS3Node(
+  config: S3Config,
+  opts: { args?: string[]; port?: number; timeoutMs?: number } = {},
+): Promise<S3Node> {
+  const key = await testServerKey();
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "efx-s3node-" }));
+  await Deno.mkdir(join(dir, "keys"));
+  const pubKeyPath = join(dir, "keys", "server.pub.pem");
+  await Deno.writeTextFile(join(dir, "keys", "server.key.pem"), key.privatePem, { mode: 0o600 });
+  await Deno.writeTextFile(pubKeyPath, key.publicPem);
+  const port = opts.port ?? freePort();
+  const store = new URL(config.endpoint).host;
+  const flags = (await taskFlags("serve-s3")).map((f) =>
+    f.startsWith("--allow-net=") ? `--allow-net=127.0.0.1:${port},${store}` : f
+  );
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      ...flags,
+      MAIN_TS,
+      "serve",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--storage",
+      `s3://${config.bucket}/${config.prefix}`,
+      "--s3-endpoint",
+      config.endpoint,
+      "--s3-region",
+      config.region,
+      ...(opts.args ?? []),
+    ],
+    cwd: dir,
+    env: {
+      NO_COLOR: "1",
+      EFX_S3_ACCESS_KEY: config.accessKey,
+      EFX_S3_SECRET_KEY: config.secretKey,
+    },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const reader = (async () => {
+    for await (const c of proc.stderr.pipeThrough(new TextDecoderStream())) log += c;
+  })();
+  const exited = proc.status.then(async (s) => {
+    await reader.catch(() => {});
+    return s;
+  });
+  let ended = false;
+  exited.then(() => ended = true);
+  let stopped: Promise<Deno.CommandStatus> | undefined;
+  const node: S3Node = {
+    port,
+    pubKeyPath,
+    fingerprint: key.fingerprint,
+    proc,
+    exited,
+    stderr: () => log,
+    stop(signal: Deno.Signal = "SIGTERM") {
+      stopped ??= (async () => {
+        if (!ended) {
+          try {
+            proc.kill(signal);
+          } catch { /* gone */ }
+        }
+        const s = await exited;
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        return s;
+      })();
+      return stopped;
+    },
+  };
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  while (!/^efx: serving .* on 127\.0\.0\.1:\d+$/m.test(log)) {
+    if (ended || Date.now() > deadline) {
+      await node.stop("SIGKILL");
+      throw new Error(`S3 node did not start; its log:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return node;
 }
