@@ -11,7 +11,11 @@
 #
 # Writes $S3_DIR/env (S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION, S3_BUCKET)
 # for `source`. No mgr, no cephx (auth none): loopback CI use only.
+# Also installs haproxy (the multi-node test's load balancer) when missing.
+# efx's copy of the reference scripts in shared/ceph-rgw (measured: ~35 s on a fresh
+# machine including the install, 7-12 s once installed).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"
 
 S3_DIR=${S3_DIR:-${TMPDIR:-/tmp}/efx-rgw}
 S3_PORT=${S3_PORT:-7480}
@@ -27,7 +31,7 @@ log() { printf '[s3-store-start %5ss] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%
 
 # ---- install (Debian packages only) -------------------------------------------------------
 need=()
-for b in ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw ceph:ceph-common curl:curl; do
+for b in ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw ceph:ceph-common curl:curl haproxy:haproxy; do
   command -v "${b%%:*}" >/dev/null 2>&1 || need+=("${b#*:}")
 done
 if ((${#need[@]})); then

@@ -786,7 +786,12 @@ export class S3Storage implements StorageBackend {
     };
     try {
       const recordKey = this.#recordKey(name, who);
-      const rec = await this.#readRecord(recordKey);
+      let rec = await this.#readRecord(recordKey);
+      if (rec && await this.#inUse(rec.name ?? name, rec.data)) {
+        // Published already (the node died before removing the record).
+        await this.client.delete(recordKey);
+        rec = null;
+      }
       let chunks: ListedObject[] = [];
       let chunk = this.chunkBytes;
       if (rec) {
@@ -845,22 +850,35 @@ export class S3Storage implements StorageBackend {
     }
   }
 
-  async #readRecord(key: string): Promise<{ data: string; chunk: number } | null> {
+  /**
+   * Whether chunk set `data` is the published content of `name`: a record
+   * left behind by a node that died right after publishing must never lead
+   * to the file's chunks being removed.
+   */
+  async #inUse(name: string | null, data: string): Promise<boolean> {
+    if (name === null) return true; // unknown owner: keep the chunks (safe side)
+    const e = await this.#entry(name);
+    return e?.data === data;
+  }
+
+  async #readRecord(
+    key: string,
+  ): Promise<{ data: string; chunk: number; name: string | null } | null> {
     const got = await this.client.getSmall(key, 4096, "a partial upload");
     if (got === null) return null;
     try {
       const r = JSON.parse(fromUtf8.decode(got.body));
       if (typeof r.data === "string" && /^[0-9a-f-]{36}$/.test(r.data) && r.chunk > 0) {
-        return { data: r.data, chunk: r.chunk };
+        return { data: r.data, chunk: r.chunk, name: typeof r.name === "string" ? r.name : null };
       }
     } catch { /* torn or foreign: treated as none */ }
     return null;
   }
 
   /** Writes the record of an upload's chunk set (a resumable one's, or a large one under way). */
-  async writeRecord(key: string, data: string): Promise<void> {
+  async writeRecord(key: string, data: string, name: string): Promise<void> {
     const res = await this.client.request("PUT", key, {
-      body: utf8.encode(JSON.stringify({ data, chunk: this.chunkBytes })),
+      body: utf8.encode(JSON.stringify({ data, chunk: this.chunkBytes, name })),
       idempotent: true,
       what: "a partial upload",
     });
@@ -878,7 +896,7 @@ export class S3Storage implements StorageBackend {
       const rec = await this.#readRecord(key);
       if (!rec) return;
       await this.client.delete(key);
-      await this.deleteChunks(rec.data);
+      if (!(await this.#inUse(rec.name ?? name, rec.data))) await this.deleteChunks(rec.data);
     } catch { /* best effort: the sweep gets it later */ }
   }
 
@@ -904,7 +922,7 @@ export class S3Storage implements StorageBackend {
             const chunks = await this.listChunks(rec.data);
             const newest = Math.max(0, ...chunks.map((c) => c.lastModified));
             if (now - newest <= this.ttlMs) continue; // still being written
-            await this.deleteChunks(rec.data);
+            if (!(await this.#inUse(rec.name, rec.data))) await this.deleteChunks(rec.data);
           }
           await this.client.delete(o.key);
           n++;
@@ -971,7 +989,7 @@ class S3Upload implements Upload {
     }
     if (claim.data) await this.#s.deleteChunks(claim.data).catch(() => {});
     this.#data = crypto.randomUUID();
-    await this.#s.writeRecord(claim.recordKey, this.#data);
+    await this.#s.writeRecord(claim.recordKey, this.#data, this.#name);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -997,7 +1015,7 @@ class S3Upload implements Upload {
     if (this.#data === null) {
       this.#data = crypto.randomUUID();
       this.#record = this.#s.uploadRecordKey(this.#data);
-      await this.#s.writeRecord(this.#record, this.#data);
+      await this.#s.writeRecord(this.#record, this.#data, this.#name);
     }
     const body = this.#buf!.subarray(0, this.#fill);
     this.#buf = null;
