@@ -40,6 +40,12 @@ const MAIN = join(ROOT, "main.ts");
 /** The same permissions as the `efx` and `serve` tasks in deno.json. */
 const CLIENT_FLAGS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
 
+// `--s3`: the S3 backend's benchmark instead (bench/s3.ts).
+if (Deno.args.includes("--s3")) {
+  const { main } = await import("./s3.ts");
+  Deno.exit(await main(Deno.args.filter((a) => a !== "--s3")));
+}
+
 const { values: opt } = parseArgs({
   args: Deno.args,
   options: {
