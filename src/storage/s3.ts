@@ -1154,6 +1154,8 @@ class S3Reader implements ReadHandle {
   #left: Uint8Array | null = null;
   /** Bytes the current GET still owes. */
   #owed = 0;
+  /** The next chunk's GET, started while this one is read (large files only). */
+  #ahead: { pos: number; res: Promise<Response | null> } | null = null;
 
   constructor(client: S3Client, name: string, e: Entry, info: FileInfo) {
     this.#client = client;
@@ -1162,29 +1164,64 @@ class S3Reader implements ReadHandle {
     this.info = info;
   }
 
-  async #open(): Promise<void> {
+  /** The GET of the bytes from `pos` to the end of their chunk (or of an inline file). */
+  #get(pos: number): { res: Promise<Response>; length: number } {
     const e = this.#e;
     let key: string;
     let from: number;
     let end: number;
     const headers: Record<string, string> = {};
     if (e.data) {
-      const i = Math.floor(this.#pos / e.chunk);
+      const i = Math.floor(pos / e.chunk);
       key = this.#client.key(chunkKey(e.data, i));
-      from = this.#pos - i * e.chunk;
+      from = pos - i * e.chunk;
       end = Math.min(e.chunk, e.size - i * e.chunk);
     } else {
       key = this.#client.key(this.#name);
-      from = this.#pos;
+      from = pos;
       end = e.size;
       if (e.etag) headers["If-Match"] = e.etag;
     }
     headers.Range = `bytes=${from}-${end - 1}`;
-    const res = await this.#client.request("GET", key, {
+    const res = this.#client.request("GET", key, {
       headers,
       ok: [404, 412],
       what: this.#name,
     });
+    return { res, length: end - from };
+  }
+
+  #dropAhead(): void {
+    const a = this.#ahead;
+    this.#ahead = null;
+    a?.res.then((r) => r?.body?.cancel()).catch(() => {});
+  }
+
+  async #open(): Promise<void> {
+    const e = this.#e;
+    let res: Response | null = null;
+    let length: number;
+    if (this.#ahead && this.#ahead.pos === this.#pos) {
+      const a = this.#ahead;
+      this.#ahead = null;
+      res = await a.res;
+      length = Math.min(e.chunk, e.size - this.#pos);
+    } else {
+      this.#dropAhead();
+      length = 0;
+    }
+    if (res === null) {
+      const g = this.#get(this.#pos);
+      res = await g.res;
+      length = g.length;
+    }
+    if (e.data) {
+      // Start the next chunk's GET now: the store sends it while this one is read.
+      const next = (Math.floor(this.#pos / e.chunk) + 1) * e.chunk;
+      if (next < e.size) {
+        this.#ahead = { pos: next, res: this.#get(next).res.catch(() => null) };
+      }
+    }
     if (res.status === 404 || res.status === 412) {
       await res.body?.cancel();
       throw new StorageError(
@@ -1193,7 +1230,7 @@ class S3Reader implements ReadHandle {
       );
     }
     this.#reader = res.body!.getReader();
-    this.#owed = end - from;
+    this.#owed = length;
   }
 
   async read(p: Uint8Array): Promise<number | null> {
@@ -1238,6 +1275,7 @@ class S3Reader implements ReadHandle {
   }
 
   close(): void {
+    this.#dropAhead();
     this.#reader?.cancel().catch(() => {});
     this.#reader = null;
     this.#left = null;
