@@ -23,6 +23,10 @@ import {
   startS3Node,
 } from "./helpers/s3.ts";
 import type { S3Config } from "../src/storage/s3_client.ts";
+import { writeKeyPair } from "../src/keys.ts";
+import { loadClientIdentity } from "../src/auth.ts";
+import { EfxClient } from "../src/client.ts";
+import { makeServerVerifier } from "../src/trust.ts";
 
 const MiB = 1024 * 1024;
 
@@ -247,4 +251,39 @@ s3test("an upload cut off from one node resumes through another", async (config,
     const keys = await listKeys(config);
     assert.ok(!keys.some((k) => k.startsWith(".efx-partials/")), keys.join("\n"));
   });
+});
+
+s3test("quotas work per node (in memory) and never crash a node", async (config, work) => {
+  const kp = await writeKeyPair(join(work, "client"), { bits: 2048, prefix: "client" });
+  const acl = `${kp.fingerprint} rights=rw quota=100K\n`;
+  const node = await startS3Node(config, { authorizedClients: acl });
+  try {
+    const c = await EfxClient.connect({
+      host: "127.0.0.1",
+      port: node.port,
+      verifier: makeServerVerifier({
+        pinnedFingerprint: node.fingerprint,
+        knownServersFile: "/nonexistent/efx/known_servers",
+        acceptNew: false,
+      }),
+      identity: await loadClientIdentity(kp.privatePath),
+      handshakeTimeoutMs: 10_000,
+    });
+    try {
+      const file = async (name: string, size: number) => {
+        const p = join(work, name);
+        await Deno.writeFile(p, new Uint8Array(size).fill(7));
+        return p;
+      };
+      await c.upload(await file("a", 60_000), "a");
+      await assert.rejects(c.upload(await file("b", 60_000), "b"), /exceed your quota/);
+      await c.remove("a");
+      await c.upload(await file("b", 60_000), "b");
+    } finally {
+      await c.close();
+    }
+    assert.match(node.stderr(), /quotas .* counted per node in memory/);
+  } finally {
+    await node.stop();
+  }
 });

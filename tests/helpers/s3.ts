@@ -78,7 +78,14 @@ export function s3TestConfig(): S3Config | null {
 /** Whether the S3 tests run here (a store is configured). */
 export const S3_AVAILABLE: boolean = (() => {
   try {
-    return s3Env() !== null;
+    const ok = s3Env() !== null;
+    if (!ok) {
+      console.error(
+        "note: S3 tests skipped: no store configured (run scripts/s3-store-start.sh, " +
+          "or set S3_ENDPOINT and friends; under CI=true this is a failure)",
+      );
+    }
+    return ok;
   } catch {
     return true; // CI without a store: the tests run and fail in s3TestConfig
   }
@@ -125,7 +132,7 @@ export interface S3Node {
  */
 export async function startS3Node(
   config: S3Config,
-  opts: { args?: string[]; port?: number; timeoutMs?: number } = {},
+  opts: { args?: string[]; port?: number; timeoutMs?: number; authorizedClients?: string } = {},
 ): Promise<S3Node> {
   const key = await testServerKey();
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "efx-s3node-" }));
@@ -133,6 +140,12 @@ export async function startS3Node(
   const pubKeyPath = join(dir, "keys", "server.pub.pem");
   await Deno.writeTextFile(join(dir, "keys", "server.key.pem"), key.privatePem, { mode: 0o600 });
   await Deno.writeTextFile(pubKeyPath, key.publicPem);
+  const extra = [...(opts.args ?? [])];
+  if (opts.authorizedClients !== undefined) {
+    // The path the serve-s3 task may read, relative to the node's folder.
+    await Deno.writeTextFile(join(dir, "keys", "authorized_clients"), opts.authorizedClients);
+    extra.push("--authorized-clients", "keys/authorized_clients");
+  }
   const port = opts.port ?? freePort();
   const store = new URL(config.endpoint).host;
   const flags = (await taskFlags("serve-s3")).map((f) =>
@@ -155,7 +168,7 @@ export async function startS3Node(
       config.endpoint,
       "--s3-region",
       config.region,
-      ...(opts.args ?? []),
+      ...extra,
     ],
     cwd: dir,
     env: {
