@@ -482,3 +482,44 @@ contract("abandoned partials are removed after the TTL", async ({ storage: s }) 
   assert.equal(again.offset, 0);
   again.release();
 }, 2_000);
+
+contract(
+  "a reader of a file replaced meanwhile gets the old bytes or an error, never a mix",
+  async (o) => {
+    const s = o.storage;
+    const old = bytes(6 * CHUNK + 11, 31);
+    const fresh = bytes(6 * CHUNK + 11, 32);
+    await put(s, "v.bin", old);
+    const h = await s.openRead("v.bin");
+    const got: Uint8Array[] = [];
+    let error: unknown = null;
+    try {
+      const buf = new Uint8Array(CHUNK);
+      const n = await h.read(buf);
+      got.push(buf.slice(0, n!));
+      // Replaced through another node while this read is under way.
+      await put(await o.another(), "v.bin", fresh, { force: true });
+      while (true) {
+        const m = await h.read(buf);
+        if (m === null) break;
+        got.push(buf.slice(0, m));
+      }
+    } catch (err) {
+      error = err;
+    } finally {
+      h.close();
+    }
+    if (error) {
+      assert.match(String(error), /replaced or removed on the server while being read/);
+    } else {
+      const all = new Uint8Array(got.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of got) {
+        all.set(p, at);
+        at += p.length;
+      }
+      assert.equal(sha(all), sha(old), "the old file, whole");
+    }
+    assert.equal(sha(await readAll(s, "v.bin")), sha(fresh));
+  },
+);

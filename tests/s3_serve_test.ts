@@ -287,3 +287,57 @@ s3test("quotas work per node (in memory) and never crash a node", async (config,
     await node.stop();
   }
 });
+
+Deno.test("s3 client: a 5xx is retried with backoff, then one clear line; 4xx is not retried", async () => {
+  // A stand-in for a failing store (no real store needed): counts the requests it gets.
+  let hits = 0;
+  const times: number[] = [];
+  let status = 503;
+  const srv = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+    hits++;
+    times.push(performance.now());
+    return new Response(
+      `<?xml version="1.0"?><Error><Code>${
+        status === 503 ? "SlowDown" : "NoSuchBucket"
+      }</Code></Error>`,
+      { status },
+    );
+  });
+  try {
+    const { S3Storage } = await import("../src/storage/s3.ts");
+    const { S3Client } = await import("../src/storage/s3_client.ts");
+    const config = {
+      endpoint: `http://127.0.0.1:${srv.addr.port}`,
+      region: "us-east-1",
+      bucket: "efx",
+      prefix: "",
+      accessKey: "a",
+      secretKey: "b",
+      attempts: 4,
+      backoffMs: 40,
+    };
+    const c = new S3Client(config);
+    await assert.rejects(c.head("x"), (err: Error & { code?: string }) => {
+      assert.equal(err.code, "io");
+      assert.equal(err.message, "object store error (HTTP 503); try again later");
+      return true;
+    });
+    assert.equal(hits, 4, "an idempotent call is tried 4 times");
+    const gaps = times.slice(1).map((t, i) => t - times[i]);
+    assert.ok(gaps[0] >= 35 && gaps[2] >= 150, `backoff doubles: ${gaps.map(Math.round)}`);
+    // A non-idempotent call is sent once.
+    hits = 0;
+    await assert.rejects(c.request("POST", "x", { idempotent: false }), /HTTP 503/);
+    assert.equal(hits, 1);
+    // A missing bucket is not retried and is named.
+    hits = 0;
+    status = 404;
+    await assert.rejects(
+      S3Storage.open(config, { partialTtlMs: 1000 }),
+      /cannot use object store s3:\/\/efx\/: object store: bucket efx does not exist at http/,
+    );
+    assert.equal(hits, 1);
+  } finally {
+    await srv.shutdown();
+  }
+});
