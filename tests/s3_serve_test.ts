@@ -122,6 +122,18 @@ s3test("start refused with one line: bad credentials, missing bucket, no store",
   }
 });
 
+s3test("credentials from --s3-credentials FILE (under the serve-s3 task)", async (config, work) => {
+  const node = await startS3Node(config, { credentialsFile: true });
+  try {
+    const f = join(work, "c.txt");
+    await Deno.writeTextFile(f, "credentials from a file\n");
+    const r = await efx(["upload", f, ...clientArgs(node)]);
+    assert.equal(r.code, 0, r.stderr);
+  } finally {
+    await node.stop();
+  }
+});
+
 /** A TCP relay to the store that a test can cut and restore. */
 function relay(target: URL) {
   let listener: Deno.Listener | null = null;

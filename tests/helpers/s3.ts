@@ -132,7 +132,14 @@ export interface S3Node {
  */
 export async function startS3Node(
   config: S3Config,
-  opts: { args?: string[]; port?: number; timeoutMs?: number; authorizedClients?: string } = {},
+  opts: {
+    args?: string[];
+    port?: number;
+    timeoutMs?: number;
+    authorizedClients?: string;
+    /** Credentials go into keys/s3_credentials (`--s3-credentials`), the environment's are wrong. */
+    credentialsFile?: boolean;
+  } = {},
 ): Promise<S3Node> {
   const key = await testServerKey();
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "efx-s3node-" }));
@@ -145,6 +152,14 @@ export async function startS3Node(
     // The path the serve-s3 task may read, relative to the node's folder.
     await Deno.writeTextFile(join(dir, "keys", "authorized_clients"), opts.authorizedClients);
     extra.push("--authorized-clients", "keys/authorized_clients");
+  }
+  if (opts.credentialsFile) {
+    await Deno.writeTextFile(
+      join(dir, "keys", "s3_credentials"),
+      `access_key=${config.accessKey}\nsecret_key=${config.secretKey}\n`,
+      { mode: 0o600 },
+    );
+    extra.push("--s3-credentials", "keys/s3_credentials");
   }
   const port = opts.port ?? freePort();
   const store = new URL(config.endpoint).host;
@@ -174,7 +189,7 @@ export async function startS3Node(
     env: {
       NO_COLOR: "1",
       EFX_S3_ACCESS_KEY: config.accessKey,
-      EFX_S3_SECRET_KEY: config.secretKey,
+      EFX_S3_SECRET_KEY: opts.credentialsFile ? "not-this-one" : config.secretKey,
     },
     stdin: "null",
     stdout: "null",
