@@ -53,6 +53,12 @@ const CLIENT_FLAGS = [
   "--v8-flags=--expose-gc",
 ];
 
+// `--s3`: the S3 backend's benchmark instead (bench/s3.ts).
+if (Deno.args.includes("--s3")) {
+  const { main } = await import("./s3.ts");
+  Deno.exit(await main(Deno.args.filter((a) => a !== "--s3")));
+}
+
 const { values: opt } = parseArgs({
   args: Deno.args,
   options: {

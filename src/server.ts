@@ -51,7 +51,7 @@ import { type EphemeralKeyRing, startEphemeralKeys } from "./ephemeral.ts";
 import { ensureServerKey, type ServerPrivateKey } from "./keys.ts";
 import { type Logger, makeLogger } from "./log.ts";
 import { errorReply, parseRequest, type Request } from "./messages.ts";
-import { LocalStorage } from "./storage/local.ts";
+import type { StorageBackend } from "./storage/backend.ts";
 import { drainFile, newPipelineRun, RequestHandler } from "./requests.ts";
 import { formatBytes, formatDuration } from "./progress.ts";
 
@@ -59,7 +59,14 @@ import { formatBytes, formatDuration } from "./progress.ts";
 export interface ServerOptions {
   host?: string;
   port: number;
+  /** Local storage folder (used when `openStorage` is not given). */
   root: string;
+  /**
+   * Opens the storage backend (default: the local folder `root`, loaded on
+   * demand so that another backend's server loads none of its disk code).
+   * May log what it found (e.g. the free-space reserve).
+   */
+  openStorage?: (log: Logger) => Promise<StorageBackend>;
   keyPath: string;
   /** Largest upload accepted, in bytes (default: no limit). */
   maxSize?: number;
@@ -100,12 +107,30 @@ export interface ServerOptions {
 /** Default time an interrupted resumable upload is kept. */
 export const DEFAULT_PARTIAL_TTL_MS = 24 * 3_600_000;
 
+/** The default backend: the local folder `opts.root`, its start-up facts logged. */
+async function openLocalStorage(opts: ServerOptions, log: Logger): Promise<StorageBackend> {
+  const { LocalStorage } = await import("./storage/local.ts");
+  const storage = await LocalStorage.open(opts.root, {
+    partialTtlMs: opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS,
+    reserveBytes: opts.minFreeBytes,
+  });
+  log.info(
+    storage.space.enforced
+      ? `free-space reserve: uploads must leave ${formatBytes(storage.space.reserveBytes)} free`
+      : `free-space reserve not enforced: ${storage.space.why}`,
+  );
+  if (storage.removedTemps > 0) {
+    log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
+  }
+  return storage;
+}
+
 /** A running server. */
 export class EfxServer {
   #listener: Deno.Listener;
   #key: ServerPrivateKey;
   #ephemeral: EphemeralKeyRing | undefined;
-  #storage: LocalStorage;
+  #storage: StorageBackend;
   #requests: RequestHandler;
   #sweeper: ReturnType<typeof setInterval>;
   #opts: ServerOptions;
@@ -122,7 +147,7 @@ export class EfxServer {
   private constructor(
     listener: Deno.Listener,
     key: ServerPrivateKey,
-    storage: LocalStorage,
+    storage: StorageBackend,
     opts: ServerOptions,
   ) {
     this.#listener = listener;
@@ -162,18 +187,7 @@ export class EfxServer {
       );
     }
     if (opts.authorizedClientsPath) await loadAuthorizedClients(opts.authorizedClientsPath);
-    const storage = await LocalStorage.open(opts.root, {
-      partialTtlMs: opts.partialTtlMs ?? DEFAULT_PARTIAL_TTL_MS,
-      reserveBytes: opts.minFreeBytes,
-    });
-    log.info(
-      storage.space.enforced
-        ? `free-space reserve: uploads must leave ${formatBytes(storage.space.reserveBytes)} free`
-        : `free-space reserve not enforced: ${storage.space.why}`,
-    );
-    if (storage.removedTemps > 0) {
-      log.info(`removed ${storage.removedTemps} unfinished upload(s) left from an earlier run`);
-    }
+    const storage = await (opts.openStorage ?? ((l) => openLocalStorage(opts, l)))(log);
     // The first ephemeral key exists before the port opens: no connection waits for it.
     const ephemeral = await startEphemeralKeys(key, opts, log);
     let listener: Deno.Listener;
@@ -224,9 +238,9 @@ export class EfxServer {
       `max upload ${o.maxSize === undefined ? "unlimited" : formatBytes(o.maxSize)}`;
   }
 
-  /** The storage root's real path. */
+  /** Where the files are (the local root's real path, or the store's address). */
   get root(): string {
-    return this.#storage.root;
+    return this.#storage.label;
   }
 
   /** Stops accepting, aborts every connection (unfinished uploads are removed) and waits for cleanup. */
