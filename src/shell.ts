@@ -195,6 +195,27 @@ export class ShellSession {
     }
   }
 
+  /**
+   * Ends the session in order. A connection the server already dropped
+   * while the prompt waited (found by a ping after a quiet spell) is just
+   * let go: its end is not news.
+   */
+  async close(): Promise<void> {
+    const c = this.client;
+    if (!c) return;
+    this.client = undefined;
+    if (!c.channel.broken && performance.now() - this.#lastUse > 1000) {
+      try {
+        await c.ping();
+      } catch {
+        c.channel.abort();
+        return;
+      }
+    }
+    if (c.channel.broken) c.channel.abort();
+    else await c.close();
+  }
+
   #drop(why: string): void {
     this.client?.channel.abort();
     this.client = undefined;
@@ -312,14 +333,28 @@ export async function runShellLine(
     ? target
     : new ShellSession(target, () => Promise.reject(new Error("connection lost")), ui);
   const [cmd, ...rest] = words;
+  const local = (cmd: string) =>
+    ["quit", "exit", "bye", "help", "?", "pwd", "lpwd", "lcd", "lls"].includes(cmd);
+  const client = local(cmd) ? undefined : await session.live();
+  try {
+    return await runCommand(session, client, cmd, rest, ui);
+  } finally {
+    if (client) session.touch(); // the connection was used until now
+  }
+}
+
+async function runCommand(
+  session: ShellSession,
+  client: EfxClient | undefined,
+  cmd: string,
+  rest: string[],
+  ui: Ui,
+): Promise<boolean> {
   const force = rest.includes("-f") || rest.includes("--force");
   const recursive = rest.includes("-r");
   const flags = ["-f", "--force", "-r", ...(cmd === "ls" ? ["-l", "-h", "-lh", "-hl"] : [])];
   const args = rest.filter((w) => !flags.includes(w));
   const human = rest.some((w) => w === "-h" || w === "-lh" || w === "-hl");
-  const local = (cmd: string) =>
-    ["quit", "exit", "bye", "help", "?", "pwd", "lpwd", "lcd", "lls"].includes(cmd);
-  const client = local(cmd) ? undefined : await session.live();
   const r = (name: string) => session.resolve(name);
   let code = 0;
   const note = (c: number) => {
@@ -604,12 +639,10 @@ async function runShell(
         session.client.channel.abort();
         return code;
       }
-    } finally {
-      session.touch();
     }
     setBusy(false);
   }
-  await session.client?.close();
+  await session.close();
   return code;
 }
 
@@ -769,7 +802,6 @@ async function interactive(session: ShellSession, ui: Ui, keepaliveMs: number): 
         }
       } finally {
         interrupt.dispose();
-        session.touch();
         if (session.client?.channel.broken) {
           session.client.channel.abort();
           session.client = undefined; // connect again for the next command
@@ -781,9 +813,7 @@ async function interactive(session: ShellSession, ui: Ui, keepaliveMs: number): 
     }
   } finally {
     rl.close();
-    const client = session.client;
-    if (client && !client.channel.broken) await client.close().catch(() => {});
-    else client?.channel.abort();
+    await session.close().catch(() => {});
   }
   return 0;
 }
