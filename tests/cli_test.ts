@@ -584,6 +584,7 @@ Deno.test("prompt on a terminal: Tab completes, arrows recall history, Ctrl-C ca
       const status = await t.end();
       assert.equal(status.code, 0, t.screen());
       assert.doesNotMatch(t.screen(), /unknown command/);
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequence is the point
       assert.match(t.screen(), /efx> (\x1b\[\d+G)?\r?\n$/, "Ctrl-D ends the prompt's line");
     } finally {
       t.kill();
