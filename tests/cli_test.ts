@@ -596,6 +596,35 @@ Deno.test("prompt on a terminal: Tab completes, arrows recall history, Ctrl-C ca
   });
 });
 
+Deno.test("prompt on a terminal: Tab completes remote names of the remote folder; cd and pwd", async () => {
+  await withWork(async (work) => {
+    await Deno.mkdir(join(S.root, "pty-remote-dir"));
+    await Deno.writeTextFile(join(S.root, "pty-remote-dir/only-on-server.txt"), "remote\n");
+    const t = onPty(["shell", ...clientArgs(S)], work);
+    try {
+      let at = await t.expect(/efx> /);
+      await t.type("cd pty-rem\t");
+      at = await t.expect(/cd pty-remote-dir\//, at);
+      await t.type("\r");
+      at = await t.expect(/efx> /, at);
+      await t.type("pwd\r");
+      at = await t.expect(/\/pty-remote-dir\r?\n/, at);
+      await t.type("get only-on\t");
+      at = await t.expect(/only-on-server\.txt/, at);
+      await t.type("\r");
+      at = await t.expect(/only-on-server\.txt: downloaded .*\r?\n.*efx> /, at);
+      assert.equal(await Deno.readTextFile(join(work, "only-on-server.txt")), "remote\n");
+      await t.type("\x04");
+      const status = await t.end();
+      assert.equal(status.code, 0, t.screen());
+    } finally {
+      t.kill();
+      await t.end().catch(() => {});
+      await Deno.remove(join(S.root, "pty-remote-dir"), { recursive: true }).catch(() => {});
+    }
+  });
+});
+
 // ---- shared server teardown ----
 
 Deno.test("the shared server stops cleanly on SIGTERM and logged no internal error", async () => {

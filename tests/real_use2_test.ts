@@ -493,6 +493,39 @@ Deno.test("--exclude patterns: base names without '/', relative paths with it", 
   assert.equal(ex("main.ts"), false);
 });
 
+Deno.test("help: the new commands and options are described", async () => {
+  const help = await efx(["help"]);
+  assertExit(help, 0);
+  for (const w of ["efx mkdir", "efx rmdir", "efx mv", "--to DIR", "--update", "--checksum"]) {
+    assert.ok(help.stdout.includes(w), `efx help mentions ${w}`);
+  }
+  for (const w of ["--dry-run", "--exclude", "--keep-links", "--keepalive", "rm [-r]"]) {
+    assert.ok(help.stdout.includes(w), `efx help mentions ${w}`);
+  }
+  const expect: Record<string, string[]> = {
+    upload: ["DIR/", "--to", "--update", "--checksum", "--dry-run", "--exclude"],
+    download: [
+      "a pattern with",
+      "--keep-links",
+      "--update",
+      "--checksum",
+      "--dry-run",
+      "--exclude",
+    ],
+    ls: ["a folder: its contents", "-> target"],
+    rm: ["--recursive"],
+    mkdir: ["DIR"],
+    rmdir: ["empty folder"],
+    mv: ["--force", "one step"],
+    shell: ["cd [DIR]", "lcd", "lls", "mkdir", "rmdir", "rename", "rm [-r]", "--keepalive"],
+  };
+  for (const [cmd, words] of Object.entries(expect)) {
+    const r = await efx([cmd, "--help"]);
+    assertExit(r, 0, `${cmd} --help`);
+    for (const w of words) assert.ok(r.stdout.includes(w), `${cmd} --help mentions ${w}`);
+  }
+});
+
 Deno.test("real use 2: stop the shared server", async () => {
   const status = await S.stop();
   assert.equal(status.code, 0, S.stderr());
