@@ -408,7 +408,11 @@ async function runCommand(
         throw new UsageError(`usage: ${cmd} LOCAL [REMOTE] [-f]`);
       }
       const mo = { force, resume: cmd === "reput" };
-      const { sources, dest, folder } = sourcesAndDest(args);
+      // As for `efx upload -r`: a local folder written "dir/" is a source.
+      const localDir = recursive && args.length >= 2 && isLocalDir(args.at(-1)!);
+      const { sources, dest, folder } = localDir
+        ? { sources: args, dest: undefined, folder: false }
+        : sourcesAndDest(args);
       const into = folder ? r(dest!) : session.cwd;
       const files = sources.flatMap(expandLocal);
       const name = (l: string) =>
@@ -497,6 +501,14 @@ async function runCommand(
 class SilentShellFailure extends EfxError {
   constructor(code: number) {
     super("", code as unknown as ExitCode);
+  }
+}
+
+function isLocalDir(path: string): boolean {
+  try {
+    return path.endsWith("/") && Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
   }
 }
 

@@ -68,7 +68,15 @@ Deno.test("upload FILE... DIR/ and --to DIR land in a remote folder; download 'P
     ]);
     assertExit(await run(["upload", "a.txt", "--to", "other"], work), 0, "--to");
     await assertSameFile(join(S.root, "other/a.txt"), join(work, "a.txt"));
-    // A single name ending in '/' is still the local file's name: usage stays unambiguous.
+    // With -r, a last name ending in '/' that is a local folder is uploaded (Tab writes it so).
+    await Deno.mkdir(join(work, "loc1"));
+    await Deno.mkdir(join(work, "loc2"));
+    await Deno.writeTextFile(join(work, "loc2/in.txt"), "in");
+    assertExit(await run(["upload", "-r", "loc1/", "loc2/"], work), 0, "-r folders/");
+    assert.equal(await Deno.readTextFile(join(S.root, "loc2/in.txt")), "in");
+    assert.ok((await Deno.stat(join(S.root, "loc1"))).isDirectory);
+    assertExit(await run(["upload", "-r", "loc2", "newdir/"], work), 0, "-r into DIR/");
+    assert.equal(await Deno.readTextFile(join(S.root, "newdir/loc2/in.txt")), "in");
     const usage = await run(["upload", "a.txt", "--as", "x", "--to", "d"], work);
     assertExit(usage, 2, "--as with --to");
 

@@ -495,7 +495,8 @@ export const UPLOAD_USAGE =
   FILE             a local file; several go over one connection (files of at most
                    1 MiB back to back, without waiting for the server in between)
   DIR/             (last, after at least one FILE, ending in '/') the remote folder to
-                   upload into (made when missing); the same as --to DIR
+                   upload into (made when missing); the same as --to DIR. With -r, an
+                   existing local folder written this way is uploaded instead: use --to
   --to DIR         the remote folder to upload into
   -                standard input, stored as NAME once it has ended (buffered in a
                    temp file first, as the server needs the size; needs the disk room)
@@ -564,7 +565,13 @@ export async function uploadCommand(args: string[]): Promise<number> {
   }, "upload");
   if (v.help) return usage(UPLOAD_USAGE);
   let toDir = v.to;
-  if (toDir === undefined && positionals.length >= 2 && positionals.at(-1)!.endsWith("/")) {
+  // A last name ending in '/' is the remote folder; with -r, one that is an
+  // existing local folder (as Tab completion writes it) is a source instead.
+  const last = positionals.at(-1);
+  if (
+    toDir === undefined && positionals.length >= 2 && last!.endsWith("/") &&
+    !(v.recursive && await isDir(last!))
+  ) {
     toDir = positionals.pop();
   }
   if (positionals.length === 0) throw new UsageError("upload: name at least one FILE");
