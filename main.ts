@@ -8,7 +8,15 @@
 import { describeError, EfxError, exitCodeOf } from "./src/errors.ts";
 import { fingerprintCommand, keygenCommand } from "./src/commands/keygen.ts";
 import { serveCommand } from "./src/commands/serve.ts";
-import { downloadCommand, lsCommand, rmCommand, uploadCommand } from "./src/commands/client.ts";
+import {
+  downloadCommand,
+  lsCommand,
+  mkdirCommand,
+  mvCommand,
+  rmCommand,
+  rmdirCommand,
+  uploadCommand,
+} from "./src/commands/client.ts";
 import { shellCommand } from "./src/shell.ts";
 import { HELP } from "./src/commands/help.ts";
 import { knownServersCommand } from "./src/commands/known_servers.ts";
@@ -23,6 +31,10 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
   get: downloadCommand,
   ls: lsCommand,
   rm: rmCommand,
+  mkdir: mkdirCommand,
+  rmdir: rmdirCommand,
+  mv: mvCommand,
+  rename: mvCommand,
   shell: shellCommand,
   "known-servers": knownServersCommand,
   help: () => {
@@ -39,6 +51,10 @@ const CLIENT_COMMANDS = new Set([
   "get",
   "ls",
   "rm",
+  "mkdir",
+  "rmdir",
+  "mv",
+  "rename",
   "shell",
   "known-servers",
 ]);

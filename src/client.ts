@@ -55,6 +55,21 @@ export interface ClientTransferResult extends TransferResult {
   ms: number;
   /** Bytes skipped because a resume found them already transferred. */
   resumedFrom: number;
+  /** A download with `unlessSame` found the local file identical: nothing was written. */
+  unchanged?: boolean;
+}
+
+/** Options of a download. */
+export interface DownloadOptions extends TransferHooks {
+  force?: boolean;
+  resume?: boolean;
+  /**
+   * The local file's size and SHA-256: the server is asked to send only
+   * what differs (see {@linkcode EfxClient.sameRemoteFile}); when its file
+   * is the same, nothing is written and the result says `unchanged`.
+   * Needs `force` (a changed file replaces the local one).
+   */
+  unlessSame?: { size: number; sha256: string };
 }
 
 /** Options of an upload. */
@@ -282,7 +297,7 @@ export class EfxClient {
   download(
     remoteName: string,
     localPath: string,
-    opts: { force?: boolean; resume?: boolean } & TransferHooks = {},
+    opts: DownloadOptions = {},
   ): Promise<ClientTransferResult> {
     return this.#queue.run(() => this.#download(remoteName, localPath, opts));
   }
@@ -290,7 +305,7 @@ export class EfxClient {
   async #download(
     remoteName: string,
     localPath: string,
-    opts: { force?: boolean; resume?: boolean } & TransferHooks,
+    opts: DownloadOptions,
   ): Promise<ClientTransferResult> {
     const t0 = performance.now();
     const force = opts.force === true;
@@ -299,11 +314,44 @@ export class EfxClient {
     let offset = 0;
     let meta;
     await sweepOnce(dirname(localPath));
+    const same = opts.unlessSame;
     if (!opts.resume) {
       writer = await AtomicWriter.create(localPath, { force });
       try {
-        await ch.sendMessage({ op: "get", name: remoteName });
+        // The probe of sameRemoteFile, folded into the download itself.
+        const probe = same && same.size > 0 ? { offset: same.size, prefixSha256: same.sha256 } : {};
+        await ch.sendMessage({ op: "get", name: remoteName, ...probe });
         meta = parseGetReply(await ch.recvMessage());
+        const at = typeof meta.offset === "number" ? meta.offset : 0;
+        if (at !== 0 && (!same || at !== same.size)) {
+          ch.abort();
+          throw new ProtocolError("bad resume offset from server");
+        }
+        if (same && at === same.size) {
+          // Our file is the server's first `at` bytes: only the rest comes.
+          let rest = 0;
+          for await (const chunk of ch.recvStream()) {
+            rest += chunk.length;
+            if (rest > meta.size - at) {
+              ch.markBroken();
+              throw new ProtocolError(`peer sent more than the announced ${meta.size} bytes`);
+            }
+          }
+          const trailer = parseTrailer(await ch.recvMessage());
+          await writer.abort();
+          if (meta.size === same.size && trailer.sha256 === same.sha256 && rest === 0) {
+            return {
+              bytes: 0,
+              sha256: same.sha256,
+              peerSha256: trailer.sha256,
+              ms: performance.now() - t0,
+              resumedFrom: same.size,
+              unchanged: true,
+            };
+          }
+          // It grew meanwhile: fetch it whole.
+          return await this.#download(remoteName, localPath, { ...opts, unlessSame: undefined });
+        }
       } catch (err) {
         await writer.abort();
         throw err;
@@ -443,10 +491,80 @@ export class EfxClient {
     });
   }
 
-  /** Makes a remote symlink (target relative, staying inside the server's root). */
-  symlink(name: string, target: string, force = false): Promise<void> {
+  /**
+   * Records remote link `name` -> `target`. Links are data on the server:
+   * any target (relative, absolute, dangling) is stored as given, with
+   * `mtime` when given.
+   */
+  symlink(name: string, target: string, force = false, mtime?: number): Promise<void> {
+    return this.#simple({ op: "symlink", name, target, force, mtime });
+  }
+
+  /** Removes an empty remote folder. */
+  rmdir(name: string): Promise<void> {
+    return this.#simple({ op: "rmdir", name });
+  }
+
+  /** Renames `from` to `to` in one step on the server (`force`: replace a file `to`). */
+  rename(from: string, to: string, force = false): Promise<void> {
+    return this.#simple({ op: "mv", from, to, force });
+  }
+
+  /**
+   * A request whose answer means nothing, to keep an idle connection alive
+   * (the server drops connections silent for longer than its idle timeout):
+   * a listing of a name no listing ever shows (names starting with `.efx-`
+   * are reserved), so it costs the server one look at its root folder.
+   */
+  ping(): Promise<void> {
     return this.#queue.run(async () => {
-      await this.channel.sendMessage({ op: "symlink", name, target, force });
+      await this.channel.sendMessage({ op: "ls", pattern: ".efx-keepalive" });
+      await this.#batches();
+    });
+  }
+
+  /**
+   * Whether the server's file `name` has exactly `size` bytes with SHA-256
+   * `sha256`. The protocol has no "hash of a file" request; this asks for a
+   * resumed download of `name` from offset `size` with the prefix hash
+   * `sha256` (PROTOCOL.md, `get`): the server continues at `size` only when
+   * its first `size` bytes hash to `sha256`, and then sends an empty stream
+   * and its whole-file hash in the trailer, which must be `sha256` too
+   * (so the file has no more bytes). When it does not match, the server
+   * sends the whole file from 0, which is read and dropped: the price of a
+   * changed file of the same size. An empty `size` is compared by size alone.
+   */
+  sameRemoteFile(name: string, size: number, sha256: string): Promise<boolean> {
+    return this.#queue.run(async () => {
+      const ch = this.channel;
+      if (size === 0) {
+        await ch.sendMessage({ op: "ls", pattern: globLiteral(name) });
+        const found = (await this.#batches()).find((e) => e.name === name);
+        return found?.type === "file" && found.size === 0;
+      }
+      await ch.sendMessage({ op: "get", name, offset: size, prefixSha256: sha256 });
+      const meta = parseGetReply(await ch.recvMessage());
+      const offset = typeof meta.offset === "number" ? meta.offset : 0;
+      if (offset !== 0 && offset !== size) {
+        ch.abort();
+        throw new ProtocolError("bad resume offset from server");
+      }
+      let received = 0;
+      for await (const chunk of ch.recvStream()) {
+        received += chunk.length;
+        if (received > meta.size - offset) {
+          ch.markBroken();
+          throw new ProtocolError(`peer sent more than the announced ${meta.size} bytes`);
+        }
+      }
+      const trailer = parseTrailer(await ch.recvMessage());
+      return offset === size && meta.size === size && trailer.sha256 === sha256;
+    });
+  }
+
+  async #simple(request: Record<string, unknown>): Promise<void> {
+    return await this.#queue.run(async () => {
+      await this.channel.sendMessage(request);
       expectOk(await this.channel.recvMessage());
     });
   }
@@ -490,12 +608,9 @@ export class EfxClient {
     });
   }
 
-  /** Removes a file on the server. */
-  remove(name: string): Promise<void> {
-    return this.#queue.run(async () => {
-      await this.channel.sendMessage({ op: "rm", name });
-      expectOk(await this.channel.recvMessage());
-    });
+  /** Removes a file or link on the server; a folder (with everything in it) only with `recursive`. */
+  remove(name: string, recursive = false): Promise<void> {
+    return this.#simple(recursive ? { op: "rm", name, recursive } : { op: "rm", name });
   }
 
   /** Ends the session in order. */
@@ -573,6 +688,15 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * An `ls` pattern matching `name` only, when it has no `*` or `?` (the
+ * pattern language has no escape); else a pattern matching it among others
+ * (callers filter the listing by exact name).
+ */
+export function globLiteral(name: string): string {
+  return name.replace(/[*?]/g, "?");
 }
 
 function localReason(err: unknown): string {

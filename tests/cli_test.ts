@@ -585,7 +585,7 @@ Deno.test("prompt on a terminal: Tab completes, arrows recall history, Ctrl-C ca
       const status = await t.end();
       assert.equal(status.code, 0, t.screen());
       assert.doesNotMatch(t.screen(), /unknown command/);
-      // deno-lint-ignore no-control-regex
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequence is the point
       assert.match(t.screen(), /efx> (\x1b\[\d+G)?\r?\n$/, "Ctrl-D ends the prompt's line");
     } finally {
       t.kill();
@@ -593,6 +593,35 @@ Deno.test("prompt on a terminal: Tab completes, arrows recall history, Ctrl-C ca
       for (const f of ["pty-big.bin", "pty-one.txt", "pty-two-2.txt"]) {
         await Deno.remove(join(S.root, f)).catch(() => {});
       }
+    }
+  });
+});
+
+Deno.test("prompt on a terminal: Tab completes remote names of the remote folder; cd and pwd", async () => {
+  await withWork(async (work) => {
+    await Deno.mkdir(join(S.root, "pty-remote-dir"));
+    await Deno.writeTextFile(join(S.root, "pty-remote-dir/only-on-server.txt"), "remote\n");
+    const t = onPty(["shell", ...clientArgs(S)], work);
+    try {
+      let at = await t.expect(/efx> /);
+      await t.type("cd pty-rem\t");
+      at = await t.expect(/cd pty-remote-dir\//, at);
+      await t.type("\r");
+      at = await t.expect(/efx> /, at);
+      await t.type("pwd\r");
+      at = await t.expect(/\/pty-remote-dir\r?\n/, at);
+      await t.type("get only-on\t");
+      at = await t.expect(/only-on-server\.txt/, at);
+      await t.type("\r");
+      at = await t.expect(/only-on-server\.txt: downloaded .*\r?\n.*efx> /, at);
+      assert.equal(await Deno.readTextFile(join(work, "only-on-server.txt")), "remote\n");
+      await t.type("\x04");
+      const status = await t.end();
+      assert.equal(status.code, 0, t.screen());
+    } finally {
+      t.kill();
+      await t.end().catch(() => {});
+      await Deno.remove(join(S.root, "pty-remote-dir"), { recursive: true }).catch(() => {});
     }
   });
 });

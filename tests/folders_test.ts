@@ -262,8 +262,9 @@ Deno.test("folders: ls -r shows the uploaded tree; a folder listing is sorted, f
     assert.match(line("lstree/")!, /^drwxr-xr-x /);
     assert.match(line("lstree/empty/")!, /^drwx------ /);
     assert.match(line("lstree/bin/run.sh")!, /^-rwxr-xr-x /);
-    assert.match(line("lstree/link-to-a")!, /^l/);
-    assert.match(line("lstree/dirlink")!, /^l/);
+    // Links always show their target (also without -l).
+    assert.match(line("lstree/link-to-a -> a.txt")!, /^l/);
+    assert.match(line("lstree/dirlink -> nested/deep")!, /^l/);
     assert.ok(line(`lstree/${UNICODE_DIR}/${UNICODE_FILE}`), all.stdout);
     assert.ok(line("lstree/nested/deep/deeper/data.bin"), all.stdout);
     assert.match(line("lstree/nested/deep/deeper/data.bin")!, /^-rw-r--r-- +60000 /);
@@ -299,7 +300,7 @@ Deno.test("folders: the shell's put -r and get -r move a tree both ways", async 
   });
 });
 
-Deno.test("folders: links leading outside the tree are skipped with a notice, never followed", async () => {
+Deno.test("folders: links leading outside the tree go up as links (never followed); a download skips them unless --keep-links", async () => {
   await withWork(async (work) => {
     const secret = "TOP SECRET outside the tree\n";
     await Deno.writeTextFile(join(work, "outside.txt"), secret);
@@ -308,35 +309,66 @@ Deno.test("folders: links leading outside the tree are skipped with a notice, ne
     const src = join(work, "leaky");
     await Deno.mkdir(join(src, "inner"), { recursive: true });
     await Deno.writeTextFile(join(src, "ok.txt"), "fine\n");
-    await Deno.symlink("../outside.txt", join(src, "escape"));
-    await Deno.symlink("../../outside.txt", join(src, "inner/escape-deeper"));
-    await Deno.symlink(join(work, "outside.txt"), join(src, "absolute"));
-    await Deno.symlink("../outside-dir", join(src, "escape-dir"));
-    await Deno.symlink("..", join(src, "parent"));
+    const outside: Record<string, string> = {
+      "escape": "../outside.txt",
+      "inner/escape-deeper": "../../outside.txt",
+      "absolute": join(work, "outside.txt"),
+      "escape-dir": "../outside-dir",
+      "parent": "..",
+    };
+    for (const [at, target] of Object.entries(outside)) {
+      await Deno.symlink(target, join(src, at));
+    }
     await Deno.symlink("ok.txt", join(src, "fine-link"));
 
+    // Upload: the server stores every link as data, so every link goes as a link.
     const up = await efx(["upload", "-r", "leaky", ...clientArgs(S)], { cwd: work });
     assertExit(up, 0, "upload -r");
-    for (const link of ["escape", "inner/escape-deeper", "absolute", "escape-dir", "parent"]) {
-      assert.match(
-        up.stderr,
-        new RegExp(`skipping symbolic link .*leaky/${link} -> .*: it leads outside leaky`),
-        link,
-      );
+    assert.doesNotMatch(up.stderr, /skipping/);
+    assert.match(up.stdout, /: 1 files, 2 folders, 6 links, /);
+    const ls = await efx(["ls", "-r", "leaky", ...clientArgs(S)], { cwd: work });
+    assertExit(ls, 0, "ls -r leaky");
+    for (const [at, target] of Object.entries({ ...outside, "fine-link": "ok.txt" })) {
+      assert.ok(ls.stdout.includes(` leaky/${at} -> ${target}\n`), `${at}\n${ls.stdout}`);
     }
-    assert.match(up.stdout, /: 1 files, 2 folders, 1 links, 5 skipped, /);
-    assert.deepEqual(await listTree(join(S.root, "leaky")), [
-      "fine-link",
-      "inner",
-      "ok.txt",
-    ]);
-    // Nothing of the secret reached the server, under any name.
+    // Nothing of the secret reached the server, under any name: no link was followed.
     for (const rel of await listTree(S.root)) {
       const st = await Deno.lstat(join(S.root, rel));
-      if (st.isFile && st.size === secret.length) {
-        assert.notEqual(await Deno.readTextFile(join(S.root, rel)), secret, rel);
+      assert.ok(!st.isSymlink, `${rel} is no filesystem link`);
+      if (st.isFile && st.size >= secret.length) {
+        assert.ok(!(await Deno.readTextFile(join(S.root, rel))).includes(secret), rel);
       }
     }
+
+    // Download: links leading outside are skipped with a notice...
+    const down = await efx(["download", "-r", "leaky", "-o", "back", ...clientArgs(S)], {
+      cwd: work,
+    });
+    assertExit(down, 0, "download -r");
+    for (const at of Object.keys(outside)) {
+      assert.match(
+        down.stderr,
+        new RegExp(`skipping leaky/${at}: a link that leads outside the folder .*--keep-links`),
+        at,
+      );
+    }
+    assert.match(down.stdout, /: 1 files, 2 folders, 1 links, 5 skipped, /);
+    assert.deepEqual(await listTree(join(work, "back")), ["fine-link", "inner", "ok.txt"]);
+    // ...and recreated as they are with --keep-links (never followed: no secret copied).
+    const keep = await efx(
+      ["download", "-r", "leaky", "-o", "kept", "--keep-links", ...clientArgs(S)],
+      { cwd: work },
+    );
+    assertExit(keep, 0, "download -r --keep-links");
+    assert.match(keep.stdout, /: 1 files, 2 folders, 6 links, /);
+    for (const [at, target] of Object.entries(outside)) {
+      assert.equal(await Deno.readLink(join(work, "kept", at)), target, at);
+    }
+    for (const rel of await listTree(join(work, "kept"))) {
+      const st = await Deno.lstat(join(work, "kept", rel));
+      if (st.isFile) assert.equal(await Deno.readTextFile(join(work, "kept", rel)), "fine\n");
+    }
+    assert.equal(await Deno.readTextFile(join(work, "outside.txt")), secret, "outside untouched");
   });
 });
 

@@ -204,19 +204,23 @@ export async function putOne(
   }
 }
 
-/** Downloads one file and prints its summary line; returns its size. */
+/**
+ * Downloads one file and prints its summary line; returns its size (null
+ * when `unlessSame` found the local file identical: nothing moved).
+ */
 export async function getOne(
   client: EfxClient,
   remote: string,
   local: string,
-  mo: MoveOptions,
+  mo: MoveOptions & { unlessSame?: { size: number; sha256: string } },
   ui: Ui,
-): Promise<number> {
+): Promise<number | null> {
   const prog = makeProgress(remote, ui);
   try {
     const r = local === "-"
       ? await client.downloadToSink(remote, (chunk) => writeAll(Deno.stdout, chunk), prog)
       : await client.download(remote, local, { ...mo, ...prog, onNotice: notice(ui) });
+    if (r.unchanged) return null;
     prog.done();
     report(local === "-" ? remote : local, "downloaded", r, ui, local === "-");
     if (ui.verbose) ui.err(`efx: sha256 server sent ${r.peerSha256}, received ${r.sha256}`);
@@ -278,43 +282,75 @@ function resumed(offset: number): string {
   return offset > 0 ? ` (resumed after ${offset} bytes already there)` : "";
 }
 
-/** Uploads a folder tree and prints one summary line. */
+/** What `-r` transfers may add (see folders.ts): re-runs, dry runs, exclusions, links. */
+export interface TreeFlags {
+  update?: boolean;
+  checksum?: boolean;
+  dryRun?: boolean;
+  exclude?: string[];
+  keepLinks?: boolean;
+}
+
+/**
+ * Uploads a folder tree and prints one summary line (what was sent, left
+ * unchanged, skipped, refused); returns 1 when the server refused an entry.
+ */
 export async function putTree(
   client: EfxClient,
   local: string,
   remote: string,
   mo: MoveOptions,
   ui: Ui,
-): Promise<void> {
+  tf: TreeFlags = {},
+): Promise<number> {
   const t0 = performance.now();
   const sum = await uploadTree(client, local, remote, {
+    ...tf,
     force: mo.force,
     notice: notice(ui),
-    moveFile: (from, to) => putOne(client, from, to, mo, ui),
+    out: ui.out,
+    moveFile: (from, to, how) => putOne(client, from, to, { ...mo, force: how.force }, ui),
   });
-  if (!ui.quiet) ui.out(treeLine(`uploaded ${local} as ${remote}`, sum, performance.now() - t0));
+  const verb = tf.dryRun ? "would upload" : "uploaded";
+  if (!ui.quiet || tf.dryRun) {
+    ui.out(treeLine(`${verb} ${local} as ${remote}`, sum, performance.now() - t0));
+  }
+  return sum.refused > 0 ? 1 : 0;
 }
 
-/** Downloads a folder tree and prints one summary line. */
+/** Downloads a folder tree and prints one summary line; returns 1 when an entry was refused. */
 export async function getTree(
   client: EfxClient,
   remote: string,
   local: string,
   mo: MoveOptions,
   ui: Ui,
-): Promise<void> {
+  tf: TreeFlags = {},
+): Promise<number> {
   const t0 = performance.now();
   const sum = await downloadTree(client, remote, local, {
+    ...tf,
     force: mo.force,
     notice: notice(ui),
-    moveFile: (from, to) => getOne(client, from, to, mo, ui),
+    out: ui.out,
+    moveFile: (from, to, how) =>
+      getOne(client, from, to, { ...mo, force: how.force, unlessSame: how.unlessSame }, ui),
   });
-  if (!ui.quiet) ui.out(treeLine(`downloaded ${remote} to ${local}`, sum, performance.now() - t0));
+  const verb = tf.dryRun ? "would download" : "downloaded";
+  if (!ui.quiet || tf.dryRun) {
+    ui.out(treeLine(`${verb} ${remote} to ${local}`, sum, performance.now() - t0));
+  }
+  return sum.refused > 0 ? 1 : 0;
 }
 
 function treeLine(what: string, s: TreeSummary, ms: number): string {
-  const skipped = s.skipped ? `, ${s.skipped} skipped` : "";
-  return `${what}: ${s.files} files, ${s.folders} folders, ${s.links} links${skipped}, ` +
+  const more = [
+    s.unchanged ? `${s.unchanged} unchanged` : "",
+    s.excluded ? `${s.excluded} excluded` : "",
+    s.skipped ? `${s.skipped} skipped` : "",
+    s.refused ? `${s.refused} refused` : "",
+  ].filter((x) => x).map((x) => `, ${x}`).join("");
+  return `${what}: ${s.files} files, ${s.folders} folders, ${s.links} links${more}, ` +
     `${formatBytes(s.bytes)} in ${formatDuration(ms)} (${formatRate(s.bytes / (ms / 1000))})`;
 }
 
@@ -337,11 +373,12 @@ function localTime(ms: number): string {
 
 /**
  * One listing line: mode, size (bytes, or binary units with `human`),
- * modification time (local), name, and with `long` `-> target` for a link.
+ * modification time (local), name, and `-> target` for a link.
  */
 export function listingLine(e: FileInfo, opts: { human?: boolean; long?: boolean } = {}): string {
   const name = sanitize(e.name) + (e.type === "dir" ? "/" : "");
-  const target = opts.long && e.type === "symlink" && typeof e.target === "string"
+  // Links always show where they point (`long` is kept for callers; it adds nothing now).
+  const target = e.type === "symlink" && typeof e.target === "string"
     ? ` -> ${sanitize(e.target)}`
     : "";
   const size = opts.human ? formatBytes(e.size).padStart(10) : String(e.size).padStart(12);
@@ -365,7 +402,7 @@ async function eachItem<T>(
       await op(item);
     } catch (err) {
       if (ui.interrupted?.()) throw err;
-      ui.err(`efx: ${describeError(err)}`);
+      if (!(err instanceof SilentFailure)) ui.err(`efx: ${describeError(err)}`);
       if (code === 0) code = exitCodeOf(err);
       if (client.channel.broken) break;
     }
@@ -457,36 +494,102 @@ export function onInterrupt(stop: (signal: Deno.Signal) => void) {
 }
 
 export const UPLOAD_USAGE =
-  `usage: efx upload FILE... [--as NAME] [-f] [--resume] [-r] [connection options]
+  `usage: efx upload FILE... [DIR/ | --to DIR] [--as NAME] [-f] [--resume] [-r] [connection options]
        efx upload - --as NAME      (read the file from standard input)
   FILE             a local file; several go over one connection (files of at most
                    1 MiB back to back, without waiting for the server in between)
+  DIR/             (last, after at least one FILE, ending in '/') the remote folder to
+                   upload into (made when missing); the same as --to DIR. With -r, an
+                   existing local folder written this way is uploaded instead: use --to
+  --to DIR         the remote folder to upload into
   -                standard input, stored as NAME once it has ended (buffered in a
                    temp file first, as the server needs the size; needs the disk room)
   --as NAME        name on the server (one FILE only; default: the file's base name)
   -f, --force      replace a file of the same name on the server
   --resume         continue an interrupted upload (the server keeps the part it has;
                    both sides compare its SHA-256 before going on)
-  -r, --recursive  upload folders: files, empty folders, modes, mtimes, symlinks inside
+  -r, --recursive  upload folders: files, empty folders, modes, mtimes, symlinks (every
+                   link goes as a link, whatever its target; the server never follows one)
+with -r:
+  --update         skip files whose size and mtime already match on the server (and
+                   replace those that differ)
+  --checksum       like --update, comparing SHA-256 instead of mtime (a same-size file
+                   on the server is read once to compare: the protocol has no hash request)
+  --dry-run        list what would be sent; send nothing
+  --exclude PAT    leave out entries matching PAT (* and ?; with a '/' matched against the
+                   path inside the folder, else against each name); repeatable
   -h, --help       this text`;
 
-/** `efx upload FILE... [--as NAME] [--force] [--resume] [-r]` */
+/** Flags of `-r` transfers (see folders.ts). */
+const TREE_FLAGS = {
+  update: { type: "boolean" },
+  checksum: { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  exclude: { type: "string", multiple: true },
+} as const;
+
+function treeFlags(
+  v: { update?: boolean; checksum?: boolean; "dry-run"?: boolean; exclude?: string[] },
+  recursive: boolean,
+  command: string,
+): TreeFlags {
+  const tf: TreeFlags = {
+    update: v.update === true || v.checksum === true,
+    checksum: v.checksum === true,
+    dryRun: v["dry-run"] === true,
+    exclude: v.exclude ?? [],
+  };
+  if (!recursive && (tf.update || tf.dryRun || tf.exclude!.length > 0)) {
+    throw new UsageError(`${command}: --update, --checksum, --dry-run and --exclude go with -r`);
+  }
+  return tf;
+}
+
+/** A remote folder as given by the user ("", "/" and "." are the top). */
+export function remoteFolder(dir: string): string {
+  const parts = dir.split("/").filter((p) => p !== "" && p !== ".");
+  return parts.join("/");
+}
+
+/** `folder/name`, or `name` for the top folder. */
+export function inFolder(folder: string, name: string): string {
+  return folder === "" ? name : `${folder}/${name}`;
+}
+
+/** `efx upload FILE... [DIR/ | --to DIR] [--as NAME] [--force] [--resume] [-r]` */
 export async function uploadCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parseFlags(args, {
     ...CONNECT_FLAGS,
+    ...TREE_FLAGS,
     as: { type: "string" },
+    to: { type: "string" },
     force: { type: "boolean", short: "f" },
     resume: { type: "boolean" },
     recursive: { type: "boolean", short: "r" },
   }, "upload");
   if (v.help) return usage(UPLOAD_USAGE);
+  let toDir = v.to;
+  // A last name ending in '/' is the remote folder; with -r, one that is an
+  // existing local folder (as Tab completion writes it) is a source instead.
+  const last = positionals.at(-1);
+  if (
+    toDir === undefined && positionals.length >= 2 && last!.endsWith("/") &&
+    !(v.recursive && await isDir(last!))
+  ) {
+    toDir = positionals.pop();
+  }
   if (positionals.length === 0) throw new UsageError("upload: name at least one FILE");
   if (v.as !== undefined && positionals.length > 1) {
     throw new UsageError("upload: --as works with a single FILE");
   }
+  if (v.as !== undefined && toDir !== undefined) {
+    throw new UsageError("upload: give --as NAME or a remote folder, not both");
+  }
   if (positionals.includes("-") && (v.as === undefined || positionals.length > 1)) {
     throw new UsageError("upload: standard input ('-') needs --as NAME and no other FILE");
   }
+  const tf = treeFlags(v, v.recursive === true, "upload");
+  const folder = toDir === undefined ? "" : remoteFolder(toDir);
   const mo = { force: v.force === true, resume: v.resume === true };
   if (positionals[0] === "-") {
     return await withStdinFile((path) =>
@@ -512,10 +615,18 @@ export async function uploadCommand(args: string[]): Promise<number> {
       try {
         if (v.recursive && await isDir(path)) {
           await Promise.all(inflight.splice(0));
-          await putTree(client, path, v.as ?? folderName(path), mo, ui);
+          const c = await putTree(
+            client,
+            path,
+            v.as ?? inFolder(folder, folderName(path)),
+            mo,
+            ui,
+            tf,
+          );
+          if (code === 0) code = c;
           continue;
         }
-        const remote = v.as ?? basename(path);
+        const remote = v.as ?? inFolder(folder, basename(path));
         const prog = makeProgress(remote, ui);
         const { done } = await client.uploadQueued(path, remote, {
           ...mo,
@@ -572,22 +683,54 @@ async function withStdinFile(fn: (path: string) => Promise<number>): Promise<num
 
 export const DOWNLOAD_USAGE =
   `usage: efx download NAME... [-o PATH] [-f] [--resume] [-r] [connection options]
+  NAME               a file on the server, or a pattern with * and ? (quote it, so
+                     that your shell leaves it alone) matched by the server
   -o, --output PATH  where to write: a file, or a folder (an existing one, one
                      ending in '/' which is created, or any folder for several
-                     NAMEs); '-' writes to standard output (default: ./<base name>)
+                     NAMEs or a pattern); '-' writes to standard output
+                     (default: ./<base name>)
   -f, --force        replace an existing local file
   --resume           continue an interrupted download (kept as .NAME.efx-partial; its
                      SHA-256 is compared with the server's file before going on)
   -r, --recursive    download a folder with everything in it
+with -r:
+  --update           skip files whose size and mtime already match here (and replace
+                     those that differ)
+  --checksum         like --update, comparing SHA-256 (the server sends a file only
+                     when its hash differs from the local copy's)
+  --dry-run          list what would be fetched; write nothing
+  --exclude PAT      leave out entries matching PAT (as for upload); repeatable
+  --keep-links       recreate links whose target is absolute or leads outside the
+                     folder as they are (default: skip them with a notice; the link
+                     itself is always made inside the folder, nothing is written
+                     through it)
   -h, --help         this text
 A download lands under its name only once its SHA-256 matched. With '-o -'
 the bytes go out as they arrive (each record is authenticated); the whole-file
 check comes at the end: exit code 1 then means the output is damaged.`;
 
+/** True when `name` has a wildcard (`*` or `?`). */
+export function hasWildcard(name: string): boolean {
+  return /[*?]/.test(name);
+}
+
+/**
+ * The remote entries a download NAME stands for: a pattern is expanded by
+ * the server (`ls`), a plain name stands for itself.
+ */
+export async function expandRemote(client: EfxClient, name: string): Promise<FileInfo[] | null> {
+  if (!hasWildcard(name)) return null;
+  const found = await client.list(name.replace(/\/+$/, ""));
+  if (found.length === 0) throw new EfxError(`no file on the server matches ${name}`);
+  return found;
+}
+
 /** `efx download NAME... [-o PATH] [--force] [--resume] [-r]` */
 export async function downloadCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parseFlags(args, {
     ...CONNECT_FLAGS,
+    ...TREE_FLAGS,
+    "keep-links": { type: "boolean" },
     output: { type: "string", short: "o" },
     force: { type: "boolean", short: "f" },
     resume: { type: "boolean" },
@@ -595,6 +738,7 @@ export async function downloadCommand(args: string[]): Promise<number> {
   }, "download");
   if (v.help) return usage(DOWNLOAD_USAGE);
   if (positionals.length === 0) throw new UsageError("download: name at least one NAME");
+  const tf = { ...treeFlags(v, v.recursive === true, "download"), keepLinks: v["keep-links"] };
   const toStdout = v.output === "-";
   if (toStdout && (v.recursive || v.resume)) {
     throw new UsageError("download: -o - (standard output) works without -r and --resume");
@@ -606,12 +750,12 @@ export async function downloadCommand(args: string[]): Promise<number> {
       throw new EfxError(`cannot make folder ${v.output}: ${describeError(err)}`);
     }
   }
-  const outIsDir = !toStdout && v.output !== undefined &&
-    (positionals.length > 1 || await isDir(v.output));
-  if (
-    !toStdout && positionals.length > 1 && v.output !== undefined && !(await isDir(v.output))
-  ) {
-    throw new UsageError(`download: -o ${v.output} must be an existing folder for several NAMEs`);
+  const several = positionals.length > 1 || positionals.some(hasWildcard);
+  const outIsDir = !toStdout && v.output !== undefined && (several || await isDir(v.output));
+  if (!toStdout && several && v.output !== undefined && !(await isDir(v.output))) {
+    throw new UsageError(
+      `download: -o ${v.output} must be an existing folder (or end in '/') for several NAMEs`,
+    );
   }
   const target = (name: string) =>
     toStdout
@@ -624,30 +768,68 @@ export async function downloadCommand(args: string[]): Promise<number> {
   const mo = { force: v.force === true, resume: v.resume === true };
   return await withClient(
     v,
-    (client, ui) =>
-      eachItem(
-        positionals,
-        client,
-        ui,
-        (name) =>
-          v.recursive
-            ? getTree(client, name, target(name), mo, ui)
-            : getOne(client, name, target(name), mo, ui).then(() => {}),
-      ),
+    async (client, ui) => {
+      let code = 0;
+      const one = async (name: string, type?: FileInfo["type"]) => {
+        if (type === "dir" && !v.recursive) {
+          ui.err(`efx: skipping ${name}: a folder (use -r)`);
+        } else if (type === "symlink") {
+          ui.err(`efx: skipping ${name}: a link (download its folder with -r to keep it)`);
+        } else if (v.recursive && (type === "dir" || type === undefined)) {
+          const c = await getTree(client, name, target(name), mo, ui, tf);
+          if (code === 0) code = c;
+        } else {
+          await getOne(client, name, target(name), mo, ui);
+        }
+      };
+      const c = await eachItem(positionals, client, ui, async (name) => {
+        const matches = await expandRemote(client, name);
+        if (matches === null) return await one(name);
+        const c2 = await eachItem(matches, client, ui, (e) => one(e.name, e.type));
+        if (c2 !== 0) throw new SilentFailure(c2);
+      });
+      return code || c;
+    },
     // With -o -, standard output carries the data: every line goes to stderr.
     { dataOnStdout: toStdout },
   );
 }
 
-export const LS_USAGE = `usage: efx ls [PATTERN] [-l] [-h] [-r] [connection options]
+/** A failure already reported line by line; carries only the exit code. */
+class SilentFailure extends EfxError {
+  constructor(code: number) {
+    super("", code as unknown as ExitCode);
+  }
+}
+
+export const LS_USAGE = `usage: efx ls [NAME | PATTERN] [-l] [-h] [-r] [connection options]
+  NAME             a folder: its contents (with -r everything below it); a file: itself
   PATTERN          glob with * and ? matched against the whole name
-  -l, --long       also show where each link points ('-> target')
+  -l, --long       (accepted; links always show '-> target')
   -h, --human      sizes in KiB, MiB, GiB instead of bytes
   -r, --recursive  list subfolders too
   --help           this text
-Columns: mode, size in bytes, modification time (local time), name.`;
+Columns: mode, size in bytes, modification time (local time), name (links: '-> target').`;
 
-/** `efx ls [PATTERN] [-l] [-h] [-r]` */
+/**
+ * What `ls NAME` shows: a folder's contents (its tree with `recursive`),
+ * else the server's answer for NAME as a pattern.
+ */
+export async function listRemote(
+  client: EfxClient,
+  name: string | undefined,
+  recursive: boolean,
+): Promise<FileInfo[]> {
+  const n = name === undefined ? "" : remoteFolder(name);
+  if (n === "" || hasWildcard(n)) return await client.list(n || undefined, recursive);
+  const self = await client.list(n);
+  if (self.length === 1 && self[0].name === n && self[0].type === "dir") {
+    return recursive ? await client.tree(n) : await client.list(`${n}/*`);
+  }
+  return recursive ? await client.list(n, true) : self;
+}
+
+/** `efx ls [NAME] [-l] [-h] [-r]` */
 export async function lsCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parseFlags(args, {
     ...CONNECT_FLAGS,
@@ -657,29 +839,95 @@ export async function lsCommand(args: string[]): Promise<number> {
     long: { type: "boolean", short: "l" },
   }, "ls");
   if (v.help) return usage(LS_USAGE);
-  if (positionals.length > 1) throw new UsageError("ls: at most one PATTERN");
+  if (positionals.length > 1) throw new UsageError("ls: at most one PATTERN or NAME");
   return await withClient(v, async (client, ui) => {
-    for (const e of await client.list(positionals[0], v.recursive === true)) {
-      ui.out(listingLine(e, { human: v.human === true, long: v.long === true }));
+    for (const e of await listRemote(client, positionals[0], v.recursive === true)) {
+      ui.out(listingLine(e, { human: v.human === true, long: true }));
     }
     return 0;
   });
 }
 
-export const RM_USAGE = `usage: efx rm NAME... [connection options]
+export const RM_USAGE = `usage: efx rm [-r] NAME... [connection options]
   NAME             a file or a link on the server (a link is removed, not its target)
+  -r, --recursive  also a folder, with everything in it
   -h, --help       this text`;
 
-/** `efx rm NAME...` */
+/** `efx rm [-r] NAME...` */
 export async function rmCommand(args: string[]): Promise<number> {
-  const { values: v, positionals } = parseFlags(args, CONNECT_FLAGS, "rm");
+  const { values: v, positionals } = parseFlags(args, {
+    ...CONNECT_FLAGS,
+    recursive: { type: "boolean", short: "r" },
+  }, "rm");
   if (v.help) return usage(RM_USAGE);
   if (positionals.length === 0) throw new UsageError("rm: name at least one NAME");
   return await withClient(v, (client, ui) =>
     eachItem(positionals, client, ui, async (name) => {
-      await client.remove(name);
+      await client.remove(name, v.recursive === true);
       if (!ui.quiet) ui.out(`removed ${name}`);
     }));
+}
+
+export const MKDIR_USAGE = `usage: efx mkdir DIR... [connection options]
+  DIR              a folder to make on the server (missing parents too; an existing
+                   folder is fine)
+  -h, --help       this text`;
+
+/** `efx mkdir DIR...` */
+export async function mkdirCommand(args: string[]): Promise<number> {
+  const { values: v, positionals } = parseFlags(args, CONNECT_FLAGS, "mkdir");
+  if (v.help) return usage(MKDIR_USAGE);
+  if (positionals.length === 0) throw new UsageError("mkdir: name at least one DIR");
+  return await withClient(v, (client, ui) =>
+    eachItem(positionals, client, ui, async (name) => {
+      await client.mkdir(name);
+      if (!ui.quiet) ui.out(`made folder ${name}`);
+    }));
+}
+
+export const RMDIR_USAGE = `usage: efx rmdir DIR... [connection options]
+  DIR              an empty folder on the server (use 'rm -r' for a full one)
+  -h, --help       this text`;
+
+/** `efx rmdir DIR...` */
+export async function rmdirCommand(args: string[]): Promise<number> {
+  const { values: v, positionals } = parseFlags(args, CONNECT_FLAGS, "rmdir");
+  if (v.help) return usage(RMDIR_USAGE);
+  if (positionals.length === 0) throw new UsageError("rmdir: name at least one DIR");
+  return await withClient(v, (client, ui) =>
+    eachItem(positionals, client, ui, async (name) => {
+      await client.rmdir(name);
+      if (!ui.quiet) ui.out(`removed folder ${name}`);
+    }));
+}
+
+export const MV_USAGE = `usage: efx mv [-f] FROM TO [connection options]
+  FROM             a file, link or folder on the server
+  TO               its new name (ending in '/': the folder to move it into); missing
+                   parents are made. The rename is one step on the server.
+  -f, --force      replace a file TO (never a folder)
+  -h, --help       this text`;
+
+/** The name `mv FROM TO` renames to: `TO/base(FROM)` when TO ends in '/'. */
+export function moveTarget(from: string, to: string): string {
+  return to.endsWith("/") ? inFolder(remoteFolder(to), basename(remoteFolder(from))) : to;
+}
+
+/** `efx mv [-f] FROM TO` */
+export async function mvCommand(args: string[]): Promise<number> {
+  const { values: v, positionals } = parseFlags(args, {
+    ...CONNECT_FLAGS,
+    force: { type: "boolean", short: "f" },
+  }, "mv");
+  if (v.help) return usage(MV_USAGE);
+  if (positionals.length !== 2) throw new UsageError("mv: name FROM and TO");
+  const [from, to] = positionals;
+  return await withClient(v, async (client, ui) => {
+    const dest = moveTarget(from, to);
+    await client.rename(from, dest, v.force === true);
+    if (!ui.quiet) ui.out(`renamed ${from} to ${dest}`);
+    return 0;
+  });
 }
 
 function usage(text: string): number {

@@ -9,13 +9,20 @@ export const HELP =
   `efx: secure file transfer (server authenticated by its RSA key; HMAC-SHA256 channel)
 
 usage:
-  efx upload FILE... [--as NAME] [-f] [--resume] [-r]
-                                    send files (-r: folders); 'upload - --as NAME' reads stdin
-  efx download NAME... [-o PATH] [-f] [--resume] [-r]
-                                    fetch files; -o DIR/ makes DIR, -o - writes to stdout
-  efx ls [PATTERN] [-l] [-h] [-r]   list (-h: sizes in KiB/MiB/GiB; -r: subfolders)
-  efx rm NAME...                    remove files or links on the server
-  efx [shell]                       interactive prompt: put, get, reput, reget, ls, rm, quit
+  efx upload FILE... [DIR/ | --to DIR] [--as NAME] [-f] [--resume] [-r]
+                                    send files (into remote folder DIR; -r: folders);
+                                    'upload - --as NAME' reads stdin
+  efx download NAME|'PATTERN'... [-o PATH] [-f] [--resume] [-r] [--keep-links]
+                                    fetch files (patterns with * and ? matched by the server);
+                                    -o DIR/ makes DIR, -o - writes to stdout
+  efx ls [NAME|PATTERN] [-l] [-h] [-r]
+                                    list (a folder: its contents; -h: KiB/MiB/GiB; -r: subfolders)
+  efx rm [-r] NAME...               remove files or links (-r: folders) on the server
+  efx mkdir DIR...                  make folders on the server
+  efx rmdir DIR...                  remove empty folders on the server
+  efx mv [-f] FROM TO               rename on the server in one step (TO/: into folder TO)
+  efx [shell] [--keepalive S]       interactive prompt: put, get, reput, reget, ls, cd, pwd, lcd,
+                                    lpwd, lls, mkdir, rmdir, rename, rm, quit
   efx known-servers [list|remove HOST]
                                     the trusted server keys; remove forgets one (like ssh-keygen -R)
   efx serve [--port 9000] [--host 0.0.0.0] [--root ./storage] [--key keys/server.key.pem] ...
@@ -33,6 +40,11 @@ Transfer options:
   -r, --recursive  whole folders, with empty folders, modes, mtimes and inner links
   -o, --output PATH  (download) a file, a folder, DIR/ (created), or - for stdout
   --as NAME        (upload) the name on the server
+  --to DIR         (upload) the remote folder to upload into (or a last name ending in '/')
+  --update         (-r) skip files whose size and mtime match; --checksum: whose SHA-256 matches
+  --dry-run        (-r) list what would move; move nothing
+  --exclude PAT    (-r) leave out matching entries (repeatable)
+  --keep-links     (download -r) also recreate links leading outside the folder, as they are
 
 Client commands also take: -s, --server HOST:PORT (default $EFX_SERVER or localhost:9000),
   --server-key FILE | --fingerprint SHA256:... | --known-servers FILE [--accept-new],
