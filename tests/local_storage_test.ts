@@ -439,52 +439,38 @@ Deno.test("reserve: an upload that would leave less than the reserve is refused 
   });
 });
 
-Deno.test("reserve: uploads under way count against the free space, also when started together", async () => {
-  await withStorage(async ({ root }) => {
-    const free = freeBytes(root);
-    // room for one upload of `size` but not two (margin: 0.4 room either
-    // way, for other processes writing meanwhile)
-    const room = Math.min(2 ** 31, Math.floor(free / 2));
-    const size = Math.floor(room * 0.6);
-    const storage = await LocalStorage.open(root, {
-      partialTtlMs: TTL,
-      reserveBytes: free - room,
-    });
-    const opts = (who: string) => ({ force: false, size, who });
-    const first = await storage.beginWrite("one.bin", opts(""));
-    await rejectsWith(storage.beginWrite("two.bin", opts("")), "no-space");
-    await rejectsWith(storage.checkWrite("two.bin", opts("")), "no-space");
-    await first.abort();
-    const second = await storage.beginWrite("two.bin", opts(""));
-    await second.abort();
-    // started in the same tick: still only one
-    const both = await Promise.allSettled([
-      storage.beginWrite("three.bin", opts("")),
-      storage.beginWrite("four.bin", opts("")),
-    ]);
-    assert.equal(both.filter((r) => r.status === "fulfilled").length, 1, JSON.stringify(both));
-    for (const r of both) if (r.status === "fulfilled") await r.value.abort();
-    // an upload that fails after the check gives the room back at once
-    const claim = await storage.claimPartial("six.bin", "", () => {}) as PartialClaim & {
-      path: string;
-    };
-    Deno.mkdirSync(claim.path, { recursive: true }); // its partial cannot be opened
-    await rejectsWith(
-      storage.beginWrite("six.bin", { ...opts(""), partial: { claim, offset: 0 } }),
-      "not-a-file",
-    );
-    claim.release();
-    Deno.removeSync(claim.path);
-    await (await storage.beginWrite("six.bin", opts(""))).abort();
-    // a commit also gives the room back
-    const data = enc.encode("done");
-    const small = await storage.beginWrite("small.bin", { force: false, size, who: "" });
-    await small.write(data);
-    await rejectsWith(storage.beginWrite("five.bin", opts("")), "no-space");
-    await small.commit({ mode: 0o644, mtime: 0, expectedSha256: sha256(data), force: false });
-    await (await storage.beginWrite("five.bin", opts(""))).abort();
-    assert.deepEqual(tree(root), ["small.bin=done"]);
-  });
+Deno.test("reserve: an announced upload holds no room; the reserve is enforced while bytes arrive", async () => {
+  // A private 16 MiB tmpfs: nothing else writes there, so free space is exact.
+  const root = await Deno.makeTempDir({ prefix: "efx-reserve-" });
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=16m", "tmpfs", root],
+    stderr: "piped",
+  }).output();
+  assert.equal(mount.code, 0, new TextDecoder().decode(mount.stderr));
+  try {
+    const storage = await LocalStorage.open(root, { partialTtlMs: TTL, reserveBytes: 8 << 20 });
+    const opts = (size: number) => ({ force: false, size, who: "" });
+    // Over the room at the start: refused before anything is made.
+    await rejectsWith(storage.beginWrite("huge.bin", opts(9 << 20)), "no-space");
+    // Two announced uploads of 6 MiB each fit at the start, one after the other:
+    // a declared size is not held (an upload announced and never sent locks nobody out).
+    const one = await storage.beginWrite("one.bin", opts(6 << 20));
+    const two = await storage.beginWrite("two.bin", opts(6 << 20));
+    // Bytes arriving past the reserve are refused, and the temp file goes.
+    const chunk = new Uint8Array(256 << 10).fill(1);
+    let refused: unknown = null;
+    try {
+      for (let i = 0; i < 48; i++) await one.write(chunk); // 12 MiB > the 8 MiB of room
+    } catch (err) {
+      refused = err;
+    }
+    assert.ok(refused instanceof StorageError && refused.code === "no-space", String(refused));
+    await two.abort();
+    assert.deepEqual([...Deno.readDirSync(root)].map((e) => e.name), []);
+  } finally {
+    await new Deno.Command("umount", { args: [root] }).output();
+    await Deno.remove(root, { recursive: true });
+  }
 });
 
 // ---- partial claims ---------------------------------------------------------------

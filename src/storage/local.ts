@@ -68,6 +68,7 @@ import { LINK_RECORD_MODE, LinkRecords } from "./local_links.ts";
 import { ensurePrivateFolder, type LocalClaim, LocalPartials } from "./local_partials.ts";
 import { checkLinkTarget, checkName, MAX_NAME_BYTES, RESERVED_PREFIX } from "./names.ts";
 import { QuotaLedger } from "./quota.ts";
+import { noteGarbage } from "../gc.ts";
 
 /** Name of the server's own folder inside the root. */
 export const STAGING_DIR = `${RESERVED_PREFIX}staging`;
@@ -345,51 +346,57 @@ export class LocalStorage implements StorageBackend {
     const stack: { dir: string; prefix: string; depth: number }[] = [{ dir, prefix, depth: 0 }];
     let seen = 0;
     let nameBytes = 0;
-    while (stack.length > 0) {
-      const at = stack.pop()!;
-      let names: string[];
-      try {
-        names = [];
-        for (const e of Deno.readDirSync(at.dir)) {
-          if (!e.name.startsWith(RESERVED_PREFIX)) names.push(e.name);
+    try {
+      while (stack.length > 0) {
+        const at = stack.pop()!;
+        let names: string[];
+        try {
+          names = [];
+          for (const e of Deno.readDirSync(at.dir)) {
+            if (!e.name.startsWith(RESERVED_PREFIX)) names.push(e.name);
+            if (++seen % YIELD_EVERY === 0) await yieldNow();
+          }
+        } catch (err) {
+          if (at.depth === 0) throw toStorageError(err, prefix || "/");
+          continue; // unreadable or vanished subfolder: skip
+        }
+        for (const base of names) {
+          const rel = at.prefix ? `${at.prefix}/${base}` : base;
+          const path = join(at.dir, base);
+          const { keep, descend } = decide(rel, base, at.depth);
+          if (!keep && !descend) continue;
+          let st: Deno.FileInfo | null;
+          try {
+            st = lstatOrNull(path);
+          } catch {
+            continue; // unreadable (e.g. a name too long for the system): skipped, never a server path
+          }
+          if (st === null) continue; // vanished
+          if (keep) {
+            const info = this.#info(rel, path, st);
+            if (info) {
+              nameBytes += 2 * rel.length + 2 * (info.target?.length ?? 0);
+              if (out.length >= MAX_LIST_ENTRIES || nameBytes > MAX_LIST_NAME_BYTES) {
+                throw new StorageError(
+                  "too-large",
+                  `more than ${MAX_LIST_ENTRIES} entries or ${
+                    MAX_LIST_NAME_BYTES >> 20
+                  } MiB of names; list a folder or use a narrower pattern`,
+                );
+              }
+              out.push(info);
+            }
+          }
+          if (descend && st.isDirectory && !st.isSymlink) {
+            stack.push({ dir: path, prefix: rel, depth: at.depth + 1 });
+          }
           if (++seen % YIELD_EVERY === 0) await yieldNow();
         }
-      } catch (err) {
-        if (at.depth === 0) throw toStorageError(err, prefix || "/");
-        continue; // unreadable or vanished subfolder: skip
       }
-      for (const base of names) {
-        const rel = at.prefix ? `${at.prefix}/${base}` : base;
-        const path = join(at.dir, base);
-        const { keep, descend } = decide(rel, base, at.depth);
-        if (!keep && !descend) continue;
-        let st: Deno.FileInfo | null;
-        try {
-          st = lstatOrNull(path);
-        } catch {
-          continue; // unreadable (e.g. a name too long for the system): skipped, never a server path
-        }
-        if (st === null) continue; // vanished
-        if (keep) {
-          const info = this.#info(rel, path, st);
-          if (info) {
-            nameBytes += 2 * rel.length + 2 * (info.target?.length ?? 0);
-            if (out.length >= MAX_LIST_ENTRIES || nameBytes > MAX_LIST_NAME_BYTES) {
-              throw new StorageError(
-                "too-large",
-                `more than ${MAX_LIST_ENTRIES} entries or ${
-                  MAX_LIST_NAME_BYTES >> 20
-                } MiB of names; list a folder or use a narrower pattern`,
-              );
-            }
-            out.push(info);
-          }
-        }
-        if (descend && st.isDirectory && !st.isSymlink) {
-          stack.push({ dir: path, prefix: rel, depth: at.depth + 1 });
-        }
-        if (++seen % YIELD_EVERY === 0) await yieldNow();
-      }
+    } finally {
+      // A big walk leaves its strings behind at once: let them be collected
+      // promptly, so that many listings in a row do not pile up garbage.
+      noteGarbage(4 * nameBytes + 200 * seen);
     }
   }
 
@@ -508,9 +515,9 @@ export class LocalStorage implements StorageBackend {
   async mkdir(name: string, opts: { mode?: number; mtime?: number } = {}): Promise<void> {
     await guard(name, () => {
       const parts = checkName(name);
-      // A folder takes a block too: below the reserve, none is made.
-      if (lstatOrNull(join(this.root, ...parts)) === null) this.#checkSpace(name, 4096);
       const path = join(this.#parent(name, parts, "create"), parts[parts.length - 1]);
+      // A folder takes a block too: below the reserve, none is made.
+      if (lstatOrNull(path) === null) this.#checkSpace(name, 4096);
       try {
         Deno.mkdirSync(path, { mode: 0o755 });
       } catch (err) {
