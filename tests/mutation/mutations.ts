@@ -372,7 +372,7 @@ export const MUTATIONS: Mutation[] = [
   {
     id: "quota",
     file: "src/storage/quota.ts",
-    find: "if (after > quota) {",
+    find: "if (used + size - credit > quota) {",
     replace: "if (false) {",
     tests: ["tests/hostile_storage_test.ts"],
     filter: "quota",
