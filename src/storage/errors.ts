@@ -29,3 +29,24 @@ export class StorageError extends RemoteError {
     this.name = "StorageError";
   }
 }
+
+/** `no such file on the server: NAME`. */
+export function notFound(name: string): StorageError {
+  return new StorageError("not-found", `no such file on the server: ${name}`);
+}
+
+/** A folder (or a special file) where a regular file is needed. */
+export function notAFile(name: string, isDir = false): StorageError {
+  return new StorageError(
+    "not-a-file",
+    isDir ? `${name} is a folder, not a file` : `${name} is not a regular file`,
+  );
+}
+
+/** The name exists and `force` was not given. */
+export function existsError(name: string): StorageError {
+  return new StorageError(
+    "exists",
+    `${name} already exists on the server (use --force to overwrite)`,
+  );
+}

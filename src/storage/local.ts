@@ -62,7 +62,8 @@ import type {
   Upload,
   WriteOptions,
 } from "./backend.ts";
-import { StorageError } from "./errors.ts";
+import { existsError, notAFile, notFound, StorageError } from "./errors.ts";
+import { sortByName } from "./sort.ts";
 import { compileGlob, type Glob } from "./glob.ts";
 import { LINK_RECORD_MODE, LinkRecords } from "./local_links.ts";
 import { ensurePrivateFolder, type LocalClaim, LocalPartials } from "./local_partials.ts";
@@ -765,33 +766,6 @@ function isNotEmpty(err: unknown): boolean {
   return err instanceof Error && /os error (39|66)\)/.test(err.message);
 }
 
-/**
- * Sorts by name (UTF-16 code units) with a bottom-up merge sort that yields
- * to the event loop every few thousand comparisons: names sharing long
- * prefixes make comparisons slow, and no listing may stall other clients.
- */
-async function sortByName(out: FileInfo[]): Promise<FileInfo[]> {
-  const n = out.length;
-  let src = out;
-  let dst = new Array<FileInfo>(n);
-  let work = 0;
-  for (let width = 1; width < n; width *= 2) {
-    for (let lo = 0; lo < n; lo += 2 * width) {
-      const mid = Math.min(lo + width, n);
-      const hi = Math.min(lo + 2 * width, n);
-      let i = lo, j = mid, k = lo;
-      while (i < mid && j < hi) {
-        dst[k++] = src[j].name < src[i].name ? src[j++] : src[i++];
-        if (++work % 4096 === 0) await yieldNow();
-      }
-      while (i < mid) dst[k++] = src[i++];
-      while (j < hi) dst[k++] = src[j++];
-    }
-    [src, dst] = [dst, src];
-  }
-  return src;
-}
-
 function toInfo(name: string, st: Deno.FileInfo, type: FileInfo["type"]): FileInfo {
   return {
     name,
@@ -800,24 +774,6 @@ function toInfo(name: string, st: Deno.FileInfo, type: FileInfo["type"]): FileIn
     mtime: st.mtime?.getTime() ?? 0,
     type,
   };
-}
-
-function notFound(name: string): StorageError {
-  return new StorageError("not-found", `no such file on the server: ${name}`);
-}
-
-function notAFile(name: string, isDir = false): StorageError {
-  return new StorageError(
-    "not-a-file",
-    isDir ? `${name} is a folder, not a file` : `${name} is not a regular file`,
-  );
-}
-
-function existsError(name: string): StorageError {
-  return new StorageError(
-    "exists",
-    `${name} already exists on the server (use --force to overwrite)`,
-  );
 }
 
 /** Runs a synchronous storage step, turning every failure into a client-safe error. */

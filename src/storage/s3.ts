@@ -56,7 +56,8 @@ import type {
   Upload,
   WriteOptions,
 } from "./backend.ts";
-import { StorageError } from "./errors.ts";
+import { existsError, notAFile, notFound, StorageError } from "./errors.ts";
+import { sortByName } from "./sort.ts";
 import { compileGlob, type Glob } from "./glob.ts";
 import { checkLinkTarget, checkName, RESERVED_PREFIX } from "./names.ts";
 import { QuotaLedger } from "./quota.ts";
@@ -407,7 +408,7 @@ export class S3Storage implements StorageBackend {
         return { keep: last && matches, descend: !last && matches };
       });
     }
-    return sortByName(out);
+    return await sortByName(out);
   }
 
   async tree(name: string): Promise<FileInfo[]> {
@@ -418,7 +419,7 @@ export class S3Storage implements StorageBackend {
     if (!(await this.#dirInfo(name))) throw notFound(name);
     const out: FileInfo[] = [];
     await this.#walk(name, out, () => ({ keep: true, descend: true }));
-    return sortByName(out);
+    return await sortByName(out);
   }
 
   // ---- writing ------------------------------------------------------------
@@ -1311,27 +1312,5 @@ function tooMany(): StorageError {
   return new StorageError(
     "too-large",
     `more than ${MAX_LIST_ENTRIES} entries; list a folder or use a narrower pattern`,
-  );
-}
-
-function sortByName(out: FileInfo[]): FileInfo[] {
-  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-}
-
-function notFound(name: string): StorageError {
-  return new StorageError("not-found", `no such file on the server: ${name}`);
-}
-
-function notAFile(name: string, isDir = false): StorageError {
-  return new StorageError(
-    "not-a-file",
-    isDir ? `${name} is a folder, not a file` : `${name} is not a regular file`,
-  );
-}
-
-function existsError(name: string): StorageError {
-  return new StorageError(
-    "exists",
-    `${name} already exists on the server (use --force to overwrite)`,
   );
 }
