@@ -14,10 +14,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { writeKeyPair } from "../src/keys.ts";
-import { loadClientIdentity } from "../src/auth.ts";
 import { EfxClient } from "../src/client.ts";
-import { makeServerVerifier } from "../src/trust.ts";
 import { STAGING_DIR } from "../src/storage/local.ts";
 import { partialRelPath } from "../src/storage/local_partials.ts";
 import { Mitm, truncateAfterRecords } from "./helpers/mitm.ts";
@@ -28,6 +25,7 @@ import {
   connectClient,
   efx,
   listTree,
+  makeClientKey,
   makeWorkDir,
   startServer,
   type TestServer,
@@ -67,23 +65,8 @@ async function withServer(
   }
 }
 
-async function clientKey(dir: string, name: string) {
-  const r = await writeKeyPair(join(dir, name), { bits: 2048, prefix: "client" });
-  return { path: r.privatePath, fingerprint: r.fingerprint };
-}
-
-async function connectAs(s: TestServer, keyPath: string): Promise<EfxClient> {
-  return await EfxClient.connect({
-    host: "127.0.0.1",
-    port: s.port,
-    verifier: makeServerVerifier({
-      pinnedFingerprint: s.fingerprint,
-      knownServersFile: "/nonexistent/efx/known_servers",
-      acceptNew: false,
-    }),
-    identity: await loadClientIdentity(keyPath),
-    handshakeTimeoutMs: 10_000,
-  });
+function connectAs(s: TestServer, keyPath: string): Promise<EfxClient> {
+  return connectClient(s, { identityPath: keyPath, handshakeTimeoutMs: 10_000 });
 }
 
 /** Leaves a partial of `remote` on the server: a resumable upload cut after its data. */
@@ -156,8 +139,8 @@ Deno.test("hostile: another client's partial is unreachable, even through a link
   const keys = await makeWorkDir("efx-hostile-keys-");
   try {
     const [alice, mallory] = await Promise.all([
-      clientKey(keys, "alice"),
-      clientKey(keys, "mallory"),
+      makeClientKey(keys, "alice"),
+      makeClientKey(keys, "mallory"),
     ]);
     await withServer({
       authorizedClients: `${alice.fingerprint} rights=write\n${mallory.fingerprint} rights=rw\n`,
@@ -395,7 +378,10 @@ Deno.test("hostile: a per-client quota bounds what one client can store, across 
   const root = await makeWorkDir("efx-hostile-root-");
   const work = await makeWorkDir("efx-hostile-");
   try {
-    const [small, free] = await Promise.all([clientKey(keys, "small"), clientKey(keys, "free")]);
+    const [small, free] = await Promise.all([
+      makeClientKey(keys, "small"),
+      makeClientKey(keys, "free"),
+    ]);
     const acl = `${small.fingerprint} rights=rw quota=100K\n${free.fingerprint} rights=rw\n`;
     const file = async (name: string, size: number) => {
       const p = join(work, name);

@@ -8,14 +8,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { loadClientIdentity } from "../src/auth.ts";
 import { EfxClient } from "../src/client.ts";
-import { writeKeyPair } from "../src/keys.ts";
 import { STAGING_DIR } from "../src/storage/local.ts";
 import { sendBytes } from "../src/transfer.ts";
-import { makeServerVerifier } from "../src/trust.ts";
 import {
   connectClient,
+  makeClientKey,
   makeWorkDir,
   startServer,
   TEMP_PREFIX,
@@ -25,23 +23,8 @@ import {
 
 const MB = 1024 * 1024;
 
-async function clientKey(dir: string, name: string) {
-  const r = await writeKeyPair(join(dir, name), { bits: 2048, prefix: "client" });
-  return { path: r.privatePath, fingerprint: r.fingerprint };
-}
-
-async function connectAs(s: TestServer, keyPath: string): Promise<EfxClient> {
-  return await EfxClient.connect({
-    host: "127.0.0.1",
-    port: s.port,
-    verifier: makeServerVerifier({
-      pinnedFingerprint: s.fingerprint,
-      knownServersFile: "/nonexistent/efx/known_servers",
-      acceptNew: false,
-    }),
-    identity: await loadClientIdentity(keyPath),
-    handshakeTimeoutMs: 20_000,
-  });
+function connectAs(s: TestServer, keyPath: string): Promise<EfxClient> {
+  return connectClient(s, { identityPath: keyPath, handshakeTimeoutMs: 20_000 });
 }
 
 /** Sends a plain (form a) `put` and waits for its go-ahead. */
@@ -110,7 +93,7 @@ async function withQuotaServer(
 ): Promise<void> {
   const work = await makeWorkDir("efx-review-");
   try {
-    const key = await clientKey(work, "small");
+    const key = await makeClientKey(work, "small");
     const s = await startServer({
       args,
       authorizedClients: `${key.fingerprint} rights=rw quota=${quota}\n`,

@@ -41,6 +41,7 @@ import { EfxClient } from "../../src/client.ts";
 import { SecureChannel } from "../../src/channel.ts";
 import { loadServerPrivateKey, writeKeyPair } from "../../src/keys.ts";
 import { makeServerVerifier } from "../../src/trust.ts";
+import { loadClientIdentity } from "../../src/auth.ts";
 
 /** Absolute path of the CLI entry point. */
 export const MAIN_TS: string = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -358,6 +359,7 @@ export function clientArgs(server: { port: number; pubKeyPath: string }): string
  */
 export async function connectClient(
   server: { port: number; fingerprint: string },
+  opts: { identityPath?: string; handshakeTimeoutMs?: number } = {},
 ): Promise<EfxClient> {
   return await EfxClient.connect({
     host: "127.0.0.1",
@@ -367,8 +369,18 @@ export async function connectClient(
       knownServersFile: "/nonexistent/efx-e2e/known_servers",
       acceptNew: false,
     }),
-    handshakeTimeoutMs: 10_000,
+    identity: opts.identityPath ? await loadClientIdentity(opts.identityPath) : undefined,
+    handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000,
   });
+}
+
+/** A fresh 2048-bit client key pair in `dir/name`: its private key path and fingerprint. */
+export async function makeClientKey(
+  dir: string,
+  name: string,
+): Promise<{ path: string; fingerprint: string }> {
+  const r = await writeKeyPair(join(dir, name), { bits: 2048, prefix: "client" });
+  return { path: r.privatePath, fingerprint: r.fingerprint };
 }
 
 /** A scripted server in the test process (see {@linkcode startFakeServer}). */
