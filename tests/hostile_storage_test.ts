@@ -69,6 +69,9 @@ function connectAs(s: TestServer, keyPath: string): Promise<EfxClient> {
   return connectClient(s, { identityPath: keyPath, handshakeTimeoutMs: 10_000 });
 }
 
+/** The server's log line for the end of a connection, however it ended. */
+const CONNECTION_END = /connection ended by client|connection dropped|disconnected after/g;
+
 /** Leaves a partial of `remote` on the server: a resumable upload cut after its data. */
 async function cutResumableUpload(
   s: TestServer,
@@ -79,6 +82,8 @@ async function cutResumableUpload(
 ): Promise<void> {
   // c2s records: [auth], put, resume answer, then DATA: keep two DATA records.
   const keep = identity ? 5 : 4;
+  const ended = () => s.stderr().match(CONNECTION_END)?.length ?? 0;
+  const endedBefore = ended();
   const mitm = await Mitm.start({ target: s.port, tamper: truncateAfterRecords("c2s", keep) });
   try {
     const r = await efx([
@@ -94,6 +99,9 @@ async function cutResumableUpload(
       ...(identity ? ["--identity", identity] : []),
     ], { cwd: work });
     assert.notEqual(r.code, 0, "the cut upload must fail");
+    // The client gives up before the server has written what it received:
+    // the partial is settled only once the server has ended that connection.
+    await waitFor(() => ended() > endedBefore, { what: "the server to end the cut connection" });
   } finally {
     await mitm.close();
   }
