@@ -2,9 +2,12 @@
  * The crypto floor of one side of a transfer: the CPU time per MiB that the
  * cryptography alone costs through the APIs efx uses, measured in this
  * process. A stream of `DATA_CHUNK`-byte records needs, per side, its
- * keystream (src/keystream.ts, the same calls and record size), one
- * HMAC-SHA256 tag per record and the whole-file SHA-256. Anything an efx
- * process spends above the sum is overhead (copies, XOR, I/O, GC, promises).
+ * keystream (for the protocol version in use: version 2's prefix-keyed
+ * SHA-256 from the WASM module, src/keystream2.ts; version 1's HMAC counter
+ * mode from WebCrypto, src/keystream.ts; the same calls and record size),
+ * one HMAC-SHA256 tag per record and the whole-file SHA-256. Anything an
+ * efx process spends above the sum is overhead (copies, XOR, I/O, GC,
+ * promises). Both keystreams are measured; `total` uses the version's.
  *
  * CPU time, not wall time: `process.cpuUsage()` counts every thread of this
  * process (WebCrypto computes off the main thread), and is far less
@@ -16,6 +19,8 @@ import process from "node:process";
 import { createHash } from "node:crypto";
 import { DATA_CHUNK } from "../src/channel.ts";
 import { Keystream } from "../src/keystream.ts";
+import { keystream2Salt } from "../src/keystream2.ts";
+import { ksWasm, loadKey, newOwnerId, setSalt } from "../src/wasm/module.ts";
 import { encodeHeader, recordTag, RecordType } from "../src/record.ts";
 import { median } from "./measure.ts";
 
@@ -23,7 +28,11 @@ const MIB = 1024 * 1024;
 
 /** CPU ms per MiB of each part of the floor, and their sum. */
 export interface Floor {
+  /** The protocol version whose keystream `keystream` and `total` are for. */
+  version: 1 | 2;
   keystream: number;
+  /** Each version's keystream alone. */
+  keystreams: { v1: number; v2: number };
   tags: number;
   fileHash: number;
   total: number;
@@ -52,7 +61,10 @@ export async function perMiB(
 }
 
 /** Measures the floor for records of `recordBytes` (default: what sendFile uses). */
-export async function measureFloor(recordBytes = DATA_CHUNK): Promise<Floor> {
+export async function measureFloor(
+  recordBytes = DATA_CHUNK,
+  version: 1 | 2 = 2,
+): Promise<Floor> {
   const perMib = MIB / recordBytes;
   const ks = await Keystream.create(crypto.getRandomValues(new Uint8Array(32)));
   const mac = crypto.getRandomValues(new Uint8Array(32));
@@ -62,12 +74,26 @@ export async function measureFloor(recordBytes = DATA_CHUNK): Promise<Floor> {
   }
   data.set(encodeHeader(RecordType.DATA, 0, recordBytes));
   let seq = 0n;
-  const keystream = await perMiB(async (mib) => {
+  const v1 = await perMiB(async (mib) => {
     // Four records in flight, as a data stream has.
     for (let i = 0; i < mib * perMib; i += 4) {
       await Promise.all([0, 1, 2, 3].map(() => ks.generate(seq++, recordBytes)));
     }
   });
+  // Version 2: the module's keystream alone, in its memory (efx XORs from there).
+  if (!ksWasm) throw new Error("WebAssembly SIMD is unavailable: no version 2 keystream");
+  const w = ksWasm;
+  const id = newOwnerId();
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const blocks = Math.ceil(recordBytes / 32);
+  const v2 = await perMiB((mib) => {
+    for (let i = 0; i < mib * perMib; i++) {
+      loadKey(2, id, key);
+      setSalt(keystream2Salt(seq++));
+      w.ks2_gen(0, blocks);
+    }
+  });
+  const keystream = version === 2 ? v2 : v1;
   const tags = await perMiB((mib) => {
     for (let i = 0; i < mib * perMib; i++) recordTag(mac, BigInt(i), data);
   });
@@ -77,14 +103,27 @@ export async function measureFloor(recordBytes = DATA_CHUNK): Promise<Floor> {
     for (let i = 0; i < mib * perMib; i++) h.update(body);
     h.digest();
   });
-  return { keystream, tags, fileHash, total: keystream + tags + fileHash, recordBytes };
+  return {
+    version,
+    keystream,
+    keystreams: { v1, v2 },
+    tags,
+    fileHash,
+    total: keystream + tags + fileHash,
+    recordBytes,
+  };
 }
 
-/** One line: "floor 5.9 ms/MiB (keystream 4.6 + tags 0.7 + file hash 0.6)". */
+/** One line: "floor v2 3.9 ms/MiB per side (keystream 2.5 + tags 0.7 + file hash 0.6; ...)". */
 export function describeFloor(f: Floor): string {
-  return `floor ${f.total.toFixed(2)} ms/MiB per side (keystream ${f.keystream.toFixed(2)} + tags ${
-    f.tags.toFixed(2)
-  } + file hash ${f.fileHash.toFixed(2)}; ${f.recordBytes / 1024} KiB records, CPU time)`;
+  const other = f.version === 2
+    ? `v1's ${f.keystreams.v1.toFixed(2)}`
+    : `v2's ${f.keystreams.v2.toFixed(2)}`;
+  return `floor v${f.version} ${f.total.toFixed(2)} ms/MiB per side (keystream ${
+    f.keystream.toFixed(2)
+  } [${other}] + tags ${f.tags.toFixed(2)} + file hash ${f.fileHash.toFixed(2)}; ${
+    f.recordBytes / 1024
+  } KiB records, CPU time)`;
 }
 
 if (import.meta.main) {

@@ -1,32 +1,32 @@
 /**
- * `deno task bench-keystream`: is a WebAssembly SIMD keystream faster than
- * the WebCrypto PBKDF2 one efx uses? A measurement, not part of efx.
+ * `deno task bench-keystream`: the record keystreams alone, per
+ * implementation. A measurement, not part of efx.
  *
- * Builds bench/wasm/sha256_ks.c with Debian `clang lld` (wasm32, SIMD) into
- * a temp folder, once with 4 blocks per batch and once with 8 (two
- * interleaved sets of 4), checks every variant against `node:crypto` on
- * seeded random keys, salts and counters (a fast wrong result cannot
+ * Builds src/wasm/sha256_ks.c with Debian `clang lld` (wasm32, SIMD) into a
+ * temp folder, once with 4 blocks per batch (as efx ships it) and once with
+ * 8 (two interleaved sets of 4), checks every variant against `node:crypto`
+ * on seeded random keys, salts and counters (a fast wrong result cannot
  * count), then measures CPU time per MiB in this process, rounds
  * alternating, for 256 KiB records (the size efx streams):
  *
- * - `webcrypto`: src/keystream.ts as efx runs it (4 records in flight, fresh
- *   buffers, their collection included);
- * - `wasm hmac xN`: the same protocol v1 bytes, plus the copy out of WASM memory;
- * - `wasm prefix xN`: SHA-256(K zero-padded to 64 B || salt || u64(i)), one
- *   compression per 32 bytes: NOT protocol v1, a candidate for a future
- *   version. Its end-to-end effect is estimated from the per-side CPU of
- *   the last full benchmark (bench/results.json): the same overhead above
- *   the floor, with the keystream part replaced.
+ * - `webcrypto`: protocol version 1 as efx computes large records
+ *   (src/keystream.ts: PBKDF2, 4 records in flight, fresh buffers, their
+ *   collection included);
+ * - `wasm hmac xN`: the same version 1 bytes in WASM, plus the copy out;
+ * - `wasm v2 xN`: protocol version 2, SHA-256(K || 0^32 || salt || u64(i)),
+ *   one compression per 32 bytes, plus the copy out.
+ *
+ * The end-to-end effect is what `deno task bench` measures.
  *
  * @module
  */
 import { createHash, createHmac } from "node:crypto";
 import { join } from "node:path";
 import { Keystream, keystreamSalt } from "../src/keystream.ts";
-import { measureFloor, perMiB } from "./floor.ts";
+import { perMiB } from "./floor.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const SRC = join(ROOT, "bench", "wasm", "sha256_ks.c");
+const SRC = join(ROOT, "src", "wasm", "sha256_ks.c");
 const RECORD = 256 * 1024;
 const BLOCKS = RECORD / 32;
 
@@ -35,14 +35,14 @@ interface KsModule {
   ks_io_ptr(): number;
   ks_out_ptr(): number;
   ks_key(): void;
-  ks_prefix_key(): void;
+  ks2_key(): void;
   ks_gen(first: number, n: number): number;
-  ks_prefix_gen(first: number, n: number): number;
+  ks2_gen(first: number, n: number): number;
 }
 
 async function build(dir: string, sets: number): Promise<KsModule> {
   const out = join(dir, `ks${sets}.wasm`);
-  const exports = ["ks_key", "ks_prefix_key", "ks_gen", "ks_prefix_gen", "ks_io_ptr", "ks_out_ptr"]
+  const exports = ["ks_key", "ks2_key", "ks_gen", "ks2_gen", "ks_io_ptr", "ks_out_ptr"]
     .map((e) => `-Wl,--export=${e}`);
   const r = await new Deno.Command("clang", {
     args: [
@@ -85,7 +85,7 @@ function seeded(seed: number) {
 function setKey(m: KsModule, key: Uint8Array) {
   new Uint8Array(m.memory.buffer).set(key, m.ks_io_ptr());
   m.ks_key();
-  m.ks_prefix_key();
+  m.ks2_key();
 }
 
 function setSalt(m: KsModule, salt: Uint8Array) {
@@ -114,15 +114,16 @@ function verify(m: KsModule, label: string) {
         throw new Error(`${label}: HMAC block ${first + i} differs from node:crypto (case ${t})`);
       }
     }
-    m.ks_prefix_gen(first, n);
+    const first2 = first - 1; // version 2 counts blocks from 0
+    m.ks2_gen(first2, n);
     const pgot = outBytes(m, n * 32);
     const padded = new Uint8Array(64);
     padded.set(key);
     for (let i = 0; i < n; i++) {
       const want = createHash("sha256").update(padded).update(salt).update(new Uint8Array(4))
-        .update(u32(first + i)).digest();
+        .update(u32(first2 + i)).digest();
       if (!want.equals(pgot.subarray(i * 32, i * 32 + 32))) {
-        throw new Error(`${label}: prefix block ${first + i} differs from node:crypto (case ${t})`);
+        throw new Error(`${label}: v2 block ${first2 + i} differs from node:crypto (case ${t})`);
       }
     }
   }
@@ -164,15 +165,15 @@ try {
       ),
     );
     for (const [label, m] of mods) {
-      for (const kind of ["hmac", "prefix"] as const) {
-        const gen = kind === "hmac" ? m.ks_gen : m.ks_prefix_gen;
+      for (const kind of ["hmac", "v2"] as const) {
+        const gen = kind === "hmac" ? m.ks_gen : m.ks2_gen;
         add(
           `wasm ${kind} ${label}`,
           await perMiB(
             (mib) => {
               for (let i = 0; i < mib * 4; i++) {
                 setSalt(m, keystreamSalt(seq++));
-                gen(1, BLOCKS);
+                gen(kind === "hmac" ? 1 : 0, BLOCKS);
                 sink.set(outBytes(m, RECORD));
               }
             },
@@ -191,33 +192,6 @@ try {
       `  ${k.padEnd(18)} ${best(k).toFixed(2)}  (${(web / best(k)).toFixed(2)}x webcrypto)`,
     );
   }
-  const floor = await measureFloor();
-  const prefix = Math.min(best("wasm prefix x4"), best("wasm prefix x8"));
-  let perSide = floor.total * 1.15;
-  let source = "assumed 1.15x floor";
-  try {
-    const r = JSON.parse(await Deno.readTextFile(join(ROOT, "bench", "results.json")));
-    const e = r.results?.efx;
-    const mib = r.size / 1024 ** 2;
-    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-    if (e?.upload?.serverCpuMs?.length) {
-      const sides = [e.upload.serverCpuMs, e.download.serverCpuMs].map((x: number[]) => med(x));
-      const ratio = sides.map((s: number) => s / mib / r.results.floor.meanMsPerMiB);
-      perSide = floor.total * (ratio[0] + ratio[1]) / 2;
-      source = `server side of bench/results.json: ${
-        ratio.map((x: number) => x.toFixed(2)).join(" / ")
-      }x its floor`;
-    }
-  } catch { /* no full run yet */ }
-  const withPrefix = perSide - floor.keystream + prefix;
-  console.log(
-    `end-to-end estimate (CPU-bound, both ends on 2 cores): per side ${
-      perSide.toFixed(2)
-    } ms/MiB (${source}); ` +
-      `with the prefix keystream ${withPrefix.toFixed(2)} ms/MiB: ${
-        (perSide / withPrefix).toFixed(2)
-      }x`,
-  );
 } finally {
   await Deno.remove(dir, { recursive: true });
 }

@@ -38,6 +38,7 @@ import {
   FLAG_END,
   MAX_RECORD_BODY,
   type PlainRecord,
+  type ProtocolVersion,
   RecordOpener,
   RecordReader,
   RecordSealer,
@@ -134,8 +135,10 @@ export class SecureChannel {
       throw err;
     }
     const max = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
-    const sealer = await RecordSealer.create(hs.send, max);
+    const version = hs.version as ProtocolVersion; // 1 or 2: the handshake refuses others
+    const sealer = await RecordSealer.create(hs.send, max, version);
     const opener = await RecordOpener.create(hs.recv, {
+      version,
       maxRecords: max,
       budget: opts.budget,
       maxBody: opts.maxBody,

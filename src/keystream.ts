@@ -1,5 +1,6 @@
 /**
- * The record keystream: HMAC-SHA256 in counter mode.
+ * The protocol version 1 record keystream: HMAC-SHA256 in counter mode
+ * (version 2's is in keystream2.ts; {@linkcode xorInto} serves both).
  *
  * For a direction's 32-byte encryption key `K` and record sequence number
  * `seq`, keystream block `i` (1-based, 32 bytes each) is
@@ -30,11 +31,10 @@
  * ```
  * @module
  */
-import { Buffer } from "node:buffer";
 import { pbkdf2Sync } from "node:crypto";
 import { concat, u64, utf8 } from "./bytes.ts";
 import { noteGarbage } from "./gc.ts";
-import { SHA256_KS_WASM } from "./wasm/sha256_ks_wasm.ts";
+import { ksWasm, loadKey, newOwnerId, output, setSalt } from "./wasm/module.ts";
 
 const LABEL = utf8.encode("efx1 ks");
 
@@ -57,39 +57,16 @@ export function keystreamSalt(seq: bigint): Uint8Array<ArrayBuffer> {
   return concat(LABEL, u64(seq));
 }
 
-interface KsWasm {
-  memory: WebAssembly.Memory;
-  ks_io_ptr(): number;
-  ks_out_ptr(): number;
-  ks_max_blocks(): number;
-  ks_key(): void;
-  ks_gen(first: number, nblocks: number): number;
-}
-
-/** The WASM keystream, or null where WebAssembly SIMD is unavailable (pbkdf2Sync then). */
-const wasm: KsWasm | null = (() => {
-  try {
-    const module = new WebAssembly.Module(Buffer.from(SHA256_KS_WASM, "base64"));
-    const ex = new WebAssembly.Instance(module, {}).exports as unknown as KsWasm;
-    return ex.ks_max_blocks() * 32 >= SYNC_KEYSTREAM_MAX ? ex : null;
-  } catch {
-    return null;
-  }
-})();
-/** Which Keystream's key the WASM module holds (its HMAC midstates are per key). */
-let wasmOwner = 0;
-let lastId = 0;
-
 /** Whether small records use the WASM keystream (for tests and the benchmark). */
 export function wasmKeystreamActive(): boolean {
-  return wasm !== null;
+  return ksWasm !== null;
 }
 
 /** HMAC-SHA256 counter-mode keystream for one direction. */
 export class Keystream {
   #key: CryptoKey;
   #raw: Uint8Array;
-  #id = ++lastId;
+  #id = newOwnerId();
 
   private constructor(key: CryptoKey, raw: Uint8Array) {
     this.#key = key;
@@ -125,22 +102,14 @@ export class Keystream {
    */
   generateSync(seq: bigint, length: number): Uint8Array<ArrayBuffer> {
     if (length > SYNC_KEYSTREAM_MAX) throw new Error("generateSync: record too long");
-    if (!wasm) {
+    if (!ksWasm) {
       const out = pbkdf2Sync(this.#raw, keystreamSalt(seq), 1, length, "sha256");
       return new Uint8Array(out.buffer, out.byteOffset, length) as Uint8Array<ArrayBuffer>;
     }
-    const mem = new Uint8Array(wasm.memory.buffer);
-    const io = wasm.ks_io_ptr();
-    if (wasmOwner !== this.#id) {
-      mem.set(this.#raw, io);
-      wasm.ks_key();
-      mem.fill(0, io, io + 32); // the key itself need not stay there
-      wasmOwner = this.#id;
-    }
-    mem.set(keystreamSalt(seq), io + 64);
-    wasm.ks_gen(1, Math.ceil(length / 32));
-    const out = wasm.ks_out_ptr();
-    return mem.slice(out, out + length);
+    loadKey(1, this.#id, this.#raw);
+    setSalt(keystreamSalt(seq));
+    ksWasm.ks_gen(1, Math.ceil(length / 32));
+    return output(length).slice();
   }
 }
 

@@ -5,7 +5,10 @@
  * A record on the wire is
  *
  *     header (8) = type u8 | flags u8 | reserved u16 = 0 | length u32be
- *     ciphertext (length) = plaintext XOR keystream(enc_key, seq)   (see keystream.ts)
+ *     ciphertext (length) = plaintext XOR keystream(enc_key, seq)
+ *         (version 1: keystream.ts, computed off the main thread and ahead;
+ *          version 2: keystream2.ts, computed in place when the record is sealed
+ *          or its tag checked)
  *     tag (32) = HMAC-SHA256(mac_key, uint64_be(seq) || header || ciphertext)
  *
  * Invariants:
@@ -36,6 +39,7 @@ import { constantTimeEqual, u64 } from "./bytes.ts";
 import { EfxError, IntegrityError, ProtocolError } from "./errors.ts";
 import { BufferedReader, type Readable, type Writable, writeAll } from "./io.ts";
 import { Keystream, xorInto } from "./keystream.ts";
+import { PrefixKeystream } from "./keystream2.ts";
 import { type MemoryBudget, SMALL_RECORD } from "./limits.ts";
 import { give, take } from "./pool.ts";
 
@@ -127,6 +131,19 @@ export function recordTag(
   return createHmac("sha256", mac).update(u64(seq)).update(headerAndCiphertext).digest();
 }
 
+/** The protocol versions whose record layer this module speaks. */
+export type ProtocolVersion = 1 | 2;
+
+/** The keystream protocol `version` uses (version 1: HMAC counter mode; 2: prefix-keyed SHA-256). */
+async function keystreamFor(
+  version: ProtocolVersion,
+  enc: Uint8Array<ArrayBuffer>,
+): Promise<Keystream | PrefixKeystream> {
+  if (version === 2) return PrefixKeystream.create(enc);
+  if (version === 1) return await Keystream.create(enc);
+  throw new Error(`no record layer for protocol version ${version}`);
+}
+
 function limitError(max: bigint): EfxError {
   return new ProtocolError(`record limit of ${max} per key reached; reconnect to continue`);
 }
@@ -136,22 +153,24 @@ function limitError(max: bigint): EfxError {
  * order; the caller must put frames on the wire in that order.
  */
 export class RecordSealer {
-  #ks: Keystream;
+  #ks: Keystream | PrefixKeystream;
   #mac: Uint8Array;
   #seq = 0n;
   #max: bigint;
 
-  private constructor(ks: Keystream, mac: Uint8Array, max: bigint) {
+  private constructor(ks: Keystream | PrefixKeystream, mac: Uint8Array, max: bigint) {
     this.#ks = ks;
     this.#mac = mac;
     this.#max = max;
   }
 
+  /** A sealer for `keys` under protocol `version` (its keystream; default 1). */
   static async create(
     keys: DirectionKeys,
     maxRecords = DEFAULT_MAX_RECORDS,
+    version: ProtocolVersion = 1,
   ): Promise<RecordSealer> {
-    return new RecordSealer(await Keystream.create(keys.enc), keys.mac, maxRecords);
+    return new RecordSealer(await keystreamFor(version, keys.enc), keys.mac, maxRecords);
   }
 
   /** Sequence number the next record will get. */
@@ -164,17 +183,20 @@ export class RecordSealer {
     if (body.length > MAX_RECORD_BODY) throw new Error("record body too large");
     if (this.#seq >= this.#max) throw limitError(this.#max);
     const seq = this.#seq++;
-    const ks = this.#ks.generate(seq, body.length);
-    return ks.then((stream) => {
+    const ks = this.#ks;
+    const build = (stream: Uint8Array | null) => {
       const n = body.length;
       const frame = take(HEADER_LEN + n + TAG_LEN); // every byte is written below
       frame.set(encodeHeader(type, flags, n), 0);
       const ct = frame.subarray(HEADER_LEN, HEADER_LEN + n);
       ct.set(body);
-      xorInto(ct, stream);
+      if (stream) xorInto(ct, stream);
+      else (ks as PrefixKeystream).xorInPlace(seq, ct);
       frame.set(recordTag(this.#mac, seq, frame.subarray(0, HEADER_LEN + n)), HEADER_LEN + n);
       return frame;
-    });
+    };
+    if (ks instanceof PrefixKeystream) return Promise.resolve(build(null));
+    return ks.generate(seq, body.length).then(build);
   }
 }
 
@@ -193,7 +215,8 @@ export interface OpenRecord {
 
 /** Opens records for one direction, in order. */
 export class RecordOpener {
-  #ks: Keystream;
+  /** Version 1: computed off the main thread, ahead; version 2: in place, when needed. */
+  #ks: Keystream | PrefixKeystream;
   #mac: Uint8Array;
   #seq = 0n;
   #max: bigint;
@@ -213,7 +236,7 @@ export class RecordOpener {
   >();
 
   private constructor(
-    ks: Keystream,
+    ks: Keystream | PrefixKeystream,
     mac: Uint8Array,
     max: bigint,
     opts: { maxBody?: number; prefetch?: boolean; budget?: MemoryBudget },
@@ -228,10 +251,17 @@ export class RecordOpener {
 
   static async create(
     keys: DirectionKeys,
-    opts: { maxRecords?: bigint; maxBody?: number; prefetch?: boolean; budget?: MemoryBudget } = {},
+    opts: {
+      maxRecords?: bigint;
+      maxBody?: number;
+      prefetch?: boolean;
+      budget?: MemoryBudget;
+      /** Protocol version, which fixes the keystream (default 1). */
+      version?: ProtocolVersion;
+    } = {},
   ): Promise<RecordOpener> {
     return new RecordOpener(
-      await Keystream.create(keys.enc),
+      await keystreamFor(opts.version ?? 1, keys.enc),
       keys.mac,
       opts.maxRecords ?? DEFAULT_MAX_RECORDS,
       opts,
@@ -241,6 +271,11 @@ export class RecordOpener {
   /** Sequence number the next record must have. */
   get nextSeq(): bigint {
     return this.#seq;
+  }
+
+  /** Whether a record's keystream takes a buffer of its own (version 1), not computed in place. */
+  get buffersKeystream(): boolean {
+    return !(this.#ks instanceof PrefixKeystream);
   }
 
   /**
@@ -273,7 +308,7 @@ export class RecordOpener {
 
   /** Starts computing `rec`'s keystream unless it is under way already. */
   startStream(rec: OpenRecord): void {
-    if (rec.stream) return;
+    if (rec.stream || this.#ks instanceof PrefixKeystream) return; // v2: computed in finish()
     rec.stream = this.#ks.generate(rec.seq, rec.length);
     rec.stream.catch(() => {}); // awaited in finish(); never an unhandled rejection
   }
@@ -285,7 +320,7 @@ export class RecordOpener {
    * room for them without waiting.
    */
   prefetchAfter(rec: OpenRecord): void {
-    if (!this.prefetch) return;
+    if (!this.prefetch || this.#ks instanceof PrefixKeystream) return;
     if (!(rec.type === RecordType.DATA && !(rec.flags & FLAG_END) && rec.length >= 65536)) return;
     for (let i = 1n; i <= BigInt(PREFETCH_DEPTH); i++) {
       const have = this.#prefetch.get(rec.seq + i);
@@ -322,8 +357,12 @@ export class RecordOpener {
       );
     }
     const body = bodyAndTag.subarray(0, n);
-    this.startStream(rec);
-    xorInto(body, (await rec.stream!).subarray(0, n));
+    if (this.#ks instanceof PrefixKeystream) {
+      this.#ks.xorInPlace(rec.seq, body);
+    } else {
+      this.startStream(rec);
+      xorInto(body, (await rec.stream!).subarray(0, n));
+    }
     return { type: rec.type, flags: rec.flags, body };
   }
 
@@ -453,7 +492,9 @@ export class RecordReader {
       first = take(FIRST_CHUNK);
       await this.#in.readExact(first, `record ${rec.seq}`);
       if (budget) {
-        const need = total + (rec.stream ? 0 : rec.length);
+        // A version 1 keystream takes a buffer of the body's size; version 2 none.
+        const ks = this.#opener.buffersKeystream ? rec.length : 0;
+        const need = total + (rec.stream ? 0 : ks);
         if (budget.tryAcquire(need)) {
           rec.reserved += need;
         } else {
@@ -462,8 +503,8 @@ export class RecordReader {
           budget.release(rec.reserved);
           rec.reserved = 0;
           rec.stream = undefined;
-          await budget.acquire(total + rec.length, this.#cancel.signal);
-          rec.reserved = total + rec.length;
+          await budget.acquire(total + ks, this.#cancel.signal);
+          rec.reserved = total + ks;
         }
       }
       this.#opener.startStream(rec); // computed while the rest arrives

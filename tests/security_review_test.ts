@@ -1178,7 +1178,7 @@ Deno.test("forward secrecy: a recorded v2 upload does not decrypt with the stole
       await crypto.subtle.decrypt({ name: "RSA-OAEP" }, live.privateKeyForTesting()!, ct),
     );
     assert.equal(secret.length, SECRET_LEN);
-    const opened = decodeRecording(secret, ch, sh, ck, records);
+    const opened = decodeRecording(secret, ch, sh, ck, records, hello.version);
     const request = JSON.parse(dec.decode(opened[0].body));
     const data = concat(...opened.filter((o) => o.type === RecordType.DATA).map((o) => o.body));
     assert.equal(request.op, "put");
@@ -1216,12 +1216,26 @@ Deno.test("forward secrecy: a recorded v2 upload does not decrypt with the stole
 });
 
 /** Opens recorded c2s records with `secret`, by PROTOCOL.md, with node:crypto only. */
+/** Version 2's keystream by hand: SHA-256(enc || 0^32 || "efx2 ks" || u64(seq) || u64(i)), i = 0, 1, ... */
+function keystreamV2(key: Uint8Array, seq: bigint, n: number): Uint8Array {
+  const out = new Uint8Array(Math.ceil(n / 32) * 32);
+  for (let i = 0; i * 32 < n; i++) {
+    out.set(
+      createHash("sha256").update(key).update(new Uint8Array(32)).update(enc.encode("efx2 ks"))
+        .update(u64(seq)).update(u64(BigInt(i))).digest(),
+      i * 32,
+    );
+  }
+  return out.subarray(0, n);
+}
+
 function decodeRecording(
   secret: Uint8Array,
   ch: Uint8Array,
   sh: Uint8Array,
   ck: Uint8Array,
   records: Uint8Array[],
+  version: number,
 ): { type: number; flags: number; body: Uint8Array }[] {
   const th = createHash("sha256").update(ch).update(sh).update(ck).digest();
   const okm = Buffer.from(hkdfSync("sha256", secret, th, enc.encode("efx1 keys"), 192));
@@ -1237,7 +1251,9 @@ function decodeRecording(
     assert.ok(same(tag, frame.subarray(HEADER_LEN + n)), `tag of record ${seq}`);
     const ks = n === 0
       ? new Uint8Array(0)
-      : pbkdf2Sync(c2sEnc, concat(enc.encode("efx1 ks"), u64(BigInt(seq))), 1, n, "sha256");
+      : version === 1
+      ? pbkdf2Sync(c2sEnc, concat(enc.encode("efx1 ks"), u64(BigInt(seq))), 1, n, "sha256")
+      : keystreamV2(c2sEnc, BigInt(seq), n);
     const body = frame.slice(HEADER_LEN, HEADER_LEN + n);
     for (let i = 0; i < n; i++) body[i] ^= ks[i];
     opened.push({ type: frame[0], flags: frame[1], body });

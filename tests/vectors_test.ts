@@ -37,6 +37,7 @@ import {
 import { signedEphemeralData } from "../src/ephemeral.ts";
 import { fingerprint, loadServerPrivateKey } from "../src/keys.ts";
 import { Keystream, keystreamSalt } from "../src/keystream.ts";
+import { keystream2Salt, PrefixKeystream } from "../src/keystream2.ts";
 import { type DirectionKeys, RecordOpener, RecordSealer } from "../src/record.ts";
 import {
   buildVectors,
@@ -95,6 +96,21 @@ function refKeystream(key: Uint8Array, seq: bigint, n: number): Uint8Array {
   return out;
 }
 
+/**
+ * Version 2, by hand from PROTOCOL.md: block i (from 0) is
+ * SHA-256(enc || 32 zero bytes || "efx2 ks" || u64(seq) || u64(i)).
+ */
+function refKeystream2(key: Uint8Array, seq: bigint, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0, o = 0; o < n; i++, o += 32) {
+    const message = cat(key, new Uint8Array(32), ascii("efx2 ks"), be(seq, 8), be(i, 8));
+    assert.equal(message.length, 87);
+    const block = new Uint8Array(createHash("sha256").update(message).digest());
+    out.set(block.subarray(0, Math.min(32, n - o)), o);
+  }
+  return out;
+}
+
 /** header | body XOR keystream | HMAC(mac, u64 seq || header || ciphertext) */
 function refSeal(
   keys: { enc: Uint8Array; mac: Uint8Array },
@@ -102,9 +118,10 @@ function refSeal(
   type: number,
   flags: number,
   body: Uint8Array,
+  version = 1,
 ): Uint8Array {
   const header = cat([type, flags, 0, 0], be(body.length, 4));
-  const ks = refKeystream(keys.enc, seq, body.length);
+  const ks = (version === 2 ? refKeystream2 : refKeystream)(keys.enc, seq, body.length);
   const ct = body.map((b, i) => b ^ ks[i]);
   return cat(header, ct, hmac(keys.mac, be(seq, 8), header, ct));
 }
@@ -609,4 +626,58 @@ Deno.test("vectors v2: the client's check accepts the vector key inside its wind
     verifyEphemeralKey(ephSpki, eph, V2.not_before_ms),
     /not signed by the server key/,
   );
+});
+
+// ---- version 2 record layer: the prefix-keyed SHA-256 keystream ----
+
+function v2Keys(direction: string): DirectionKeys {
+  const okm = h(V2.okm);
+  const at = direction === "c2s" ? 0 : 64;
+  return { enc: okm.slice(at, at + 32), mac: okm.slice(at + 32, at + 64) };
+}
+
+Deno.test("vectors v2: keystream of seq 0, 1 and a whole 1 MiB record, by hand with node:crypto createHash", () => {
+  const k = V2.keystream;
+  assert.equal(k.key, V2.okm.slice(0, 64));
+  assert.equal(k.seq0_salt, toHex(cat(ascii("efx2 ks"), be(0, 8))));
+  assert.equal(k.seq1_salt, toHex(cat(ascii("efx2 ks"), be(1, 8))));
+  assert.equal(toHex(keystream2Salt(1n)), k.seq1_salt);
+  assert.equal(toHex(refKeystream2(h(k.key), 0n, 80)), k.seq0_first_80);
+  assert.equal(toHex(refKeystream2(h(k.key), 1n, 80)), k.seq1_first_80);
+  const big = refKeystream2(h(k.key), 7n, 1024 * 1024);
+  assert.equal(createHash("sha256").update(big).digest("hex"), k.seq7_1mib_sha256);
+  const ks = PrefixKeystream.create(h(k.key));
+  assert.equal(toHex(ks.generate(0n, 80)), k.seq0_first_80);
+  assert.equal(toHex(ks.generate(1n, 80)), k.seq1_first_80);
+  assert.equal(toHex(ks.generate(0n, 33)), k.seq0_first_80.slice(0, 66)); // a prefix
+  assert.equal(
+    createHash("sha256").update(ks.generate(7n, 1024 * 1024)).digest("hex"),
+    k.seq7_1mib_sha256,
+  );
+  // Not the version 1 keystream under the same key.
+  assert.notEqual(toHex(refKeystream(h(k.key), 0n, 80)), k.seq0_first_80);
+});
+
+Deno.test("vectors v2: sealed frames match an independent sealing; the record layer opens and re-seals them", async () => {
+  const records: RecordVector[] = V2.records;
+  assert.equal(records.length, V.records.length);
+  for (const r of records) {
+    const ref = refSeal(v2Keys(r.direction), BigInt(r.seq), r.type, r.flags, h(r.body_hex), 2);
+    assert.equal(toHex(ref), r.frame_hex, r.name);
+  }
+  for (const dir of ["c2s", "s2c"]) {
+    const opener = await RecordOpener.create(v2Keys(dir), { version: 2 });
+    const sealer = await RecordSealer.create(v2Keys(dir), undefined, 2);
+    const v1 = await RecordOpener.create(v2Keys(dir), { version: 1 });
+    for (const r of records.filter((r) => r.direction === dir)) {
+      const rec = await opener.open(h(r.frame_hex));
+      assert.equal(rec.type, r.type, r.name);
+      assert.equal(toHex(rec.body), r.body_hex, r.name);
+      assert.equal(toHex(await sealer.seal(rec.type, rec.flags, rec.body)), r.frame_hex, r.name);
+      // The tag does not depend on the keystream: a version 1 opener accepts the
+      // frame but decrypts a non-empty body to something else.
+      const wrong = await v1.open(h(r.frame_hex));
+      if (r.body_hex.length > 0) assert.notEqual(toHex(wrong.body), r.body_hex, r.name);
+    }
+  }
 });

@@ -1,5 +1,6 @@
 /**
- * `deno task build-wasm [--check]`: compiles src/wasm/sha256_ks.c with
+ * `deno task build-wasm [--check]`: compiles src/wasm/sha256_ks.c (the record
+ * keystreams of protocol versions 1 and 2) with
  * Debian `clang lld` (wasm32, SIMD) and writes the module, base64-encoded,
  * to src/wasm/sha256_ks_wasm.ts, which src/keystream.ts imports (so that
  * `deno compile` carries it). With `--check` nothing is written: it fails
@@ -15,7 +16,15 @@ import { Buffer } from "node:buffer";
 const DIR = new URL(".", import.meta.url).pathname;
 const SRC = `${DIR}sha256_ks.c`;
 const OUT = `${DIR}sha256_ks_wasm.ts`;
-const EXPORTS = ["ks_key", "ks_gen", "ks_io_ptr", "ks_out_ptr", "ks_max_blocks"];
+const EXPORTS = [
+  "ks_key",
+  "ks_gen",
+  "ks2_key",
+  "ks2_gen",
+  "ks_io_ptr",
+  "ks_out_ptr",
+  "ks_max_blocks",
+];
 
 async function run(cmd: string, args: string[]): Promise<string> {
   let r: Deno.CommandOutput;

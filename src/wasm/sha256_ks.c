@@ -1,32 +1,36 @@
-// The protocol v1 record keystream, HMAC-SHA256 in counter mode, in
-// WebAssembly SIMD, for small records (src/keystream.ts uses it up to
-// SYNC_KEYSTREAM_MAX bytes: computed in place, it costs a third of
-// node:crypto's pbkdf2Sync and needs no hand-off to another thread; large
-// records stay with WebCrypto, which is faster per byte). Built by
-// `deno task build-wasm` (src/wasm/build.ts) with Debian `clang lld` into
-// src/wasm/sha256_ks_wasm.ts; CI rebuilds it and fails if the bytes differ.
+// The record keystreams of protocol versions 1 and 2 in WebAssembly SIMD
+// (src/keystream.ts). Built by `deno task build-wasm` (src/wasm/build.ts)
+// with Debian `clang lld` into src/wasm/sha256_ks_wasm.ts; CI rebuilds it and
+// fails if the bytes differ.
 //
-// Block i (32 bytes) of a record's keystream, for key K and the 15-byte salt
-// S = "efx1 ks" || uint64_be(seq), is HMAC-SHA256(K, S || uint32_be(i)):
-// the same bytes as PBKDF2-HMAC-SHA256(K, S, 1 iteration) (see keystream.ts).
+// Version 1 (ks_key, ks_gen), used for records up to SYNC_KEYSTREAM_MAX
+// bytes (larger ones come from WebCrypto PBKDF2, off the main thread): block
+// i (32 bytes, i = 1, 2, ...) for key K and the 15-byte salt
+// S = "efx1 ks" || uint64_be(seq) is HMAC-SHA256(K, S || uint32_be(i)), the
+// same bytes as PBKDF2-HMAC-SHA256(K, S, 1 iteration).
+//
+// Version 2 (ks2_key, ks2_gen), used for every record: block i (i = 0, 1,
+// ...) for the salt S = "efx2 ks" || uint64_be(seq) is
+// SHA-256(K || 0^32 || S || uint64_be(i)), an 87-byte message: the first
+// 64-byte block (K zero-padded) is compressed once per key, so every block
+// of keystream costs one compression instead of HMAC's two.
 //
 // How it is fast:
-// - the HMAC key blocks (K ^ ipad, K ^ opad) are compressed once per key
-//   (ks_key), so every block costs exactly two compressions;
-// - the inner message is one block whose words 0-2 are the salt (the same for
-//   a whole record): the first three rounds are computed once per call, and
+// - per-key work is cached: the HMAC key blocks (K ^ ipad, K ^ opad) for
+//   version 1, the K || 0^32 block for version 2;
+// - the message block's first words are the salt (the same for a whole
+//   record): the rounds that see only them are computed once per call, and
 //   the words that are always zero or constant (padding, length) are literal
 //   constants, so the compiler folds them out of the rounds and the message
-//   schedule; the same for the outer block's padding words;
+//   schedule; the same for the HMAC outer block's padding words;
 // - SIMD: each v128 holds one SHA-256 word of 4 blocks, and NSETS independent
-//   sets of 4 are interleaved (8 blocks in flight by default), so one
-//   set's additions fill the other's dependency stalls.
+//   sets of 4 are interleaved.
 //
 // Memory interface (offsets from ks_io_ptr / ks_out_ptr):
-//   io[0..32)  the 32-byte key (read by ks_key)
-//   io[64..79) the 15-byte salt (read by ks_gen)
-//   out        ks_gen writes nblocks * 32 bytes (rounded up to whole batches;
-//              the buffer has room for the rounding).
+//   io[0..32)  the 32-byte key (read by ks_key and ks2_key)
+//   io[64..79) the 15-byte salt (read by ks_gen and ks2_gen)
+//   out        ks_gen / ks2_gen write nblocks * 32 bytes (rounded up to whole
+//              batches; the buffer has room for the rounding).
 #include <stdint.h>
 #include <wasm_simd128.h>
 
@@ -40,7 +44,7 @@ typedef v128_t V;
 
 static uint8_t io[128] __attribute__((aligned(16)));
 static uint8_t out[(MAX_BLOCKS + LANES) * 32] __attribute__((aligned(16)));
-static uint32_t inner_mid[8], outer_mid[8];
+static uint32_t inner_mid[8], outer_mid[8], v2_mid[8];
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -210,6 +214,70 @@ uint32_t ks_gen(uint32_t first, uint32_t nblocks) {
     for (int k = 0; k < NSETS; k++) {
       V h[8];
       for (int j = 0; j < 8; j++) h[j] = add(s[k][j], om[j]);
+      store4(dst + k * 128, 0, h[0], h[1], h[2], h[3]);
+      store4(dst + k * 128, 16, h[4], h[5], h[6], h[7]);
+    }
+  }
+  return ((nblocks + LANES - 1) / LANES) * LANES * 32;
+}
+
+/** Takes the key at io[0..32) and caches SHA-256's state after K || 0^32 (version 2). */
+void ks2_key(void) {
+  uint8_t block[64];
+  for (int i = 0; i < 64; i++) block[i] = i < 32 ? io[i] : 0;
+  for (int j = 0; j < 8; j++) v2_mid[j] = IV[j];
+  compress_scalar(v2_mid, block);
+}
+
+/**
+ * Writes version 2 keystream blocks first .. first + nblocks - 1 (block 0 is
+ * the first of a record) for the salt at io[64..79) to out[0 ..), after
+ * ks2_key. Returns the bytes written (nblocks * 32, rounded up to whole
+ * batches), or 0 when nblocks exceeds the buffer or the counters would pass
+ * 2^32 (the high word of the 64-bit counter is always zero here).
+ */
+uint32_t ks2_gen(uint32_t first, uint32_t nblocks) {
+  if (nblocks > MAX_BLOCKS || first > 0xffffffffu - MAX_BLOCKS - LANES) return 0;
+  // The second block: S (15 bytes) || uint64_be(i) || 0x80 || 0... || bit length 696.
+  uint32_t w0 = load_be(io + 64), w1 = load_be(io + 68), w2 = load_be(io + 72);
+  uint32_t w3 = ((uint32_t)io[76] << 24) | ((uint32_t)io[77] << 16) | ((uint32_t)io[78] << 8);
+  // Rounds 0-3 see only salt words (and the counter's zero high byte).
+  uint32_t pre[8];
+  for (int j = 0; j < 8; j++) pre[j] = v2_mid[j];
+  round1(pre, K[0] + w0);
+  round1(pre, K[1] + w1);
+  round1(pre, K[2] + w2);
+  round1(pre, K[3] + w3);
+  V mid[8], pre_r[8];
+  for (int j = 0; j < 8; j++) {
+    mid[j] = wasm_i32x4_splat((int32_t)v2_mid[j]);
+    pre_r[(j - 4) & 7] = wasm_i32x4_splat((int32_t)pre[j]);  // rotated for round 4
+  }
+  const V vw0 = wasm_i32x4_splat((int32_t)w0), vw1 = wasm_i32x4_splat((int32_t)w1);
+  const V vw2 = wasm_i32x4_splat((int32_t)w2), vw3 = wasm_i32x4_splat((int32_t)w3);
+  const V zero = wasm_i32x4_splat(0);
+  uint8_t* dst = out;
+  for (uint32_t done = 0; done < nblocks; done += LANES, dst += LANES * 32) {
+    V s[NSETS][8], w[NSETS][16];
+#pragma clang loop unroll(full)
+    for (int k = 0; k < NSETS; k++) {
+      uint32_t c0 = first + done + 4 * k;
+      V ctr = wasm_i32x4_make((int32_t)c0, (int32_t)(c0 + 1), (int32_t)(c0 + 2), (int32_t)(c0 + 3));
+      w[k][0] = vw0;
+      w[k][1] = vw1;
+      w[k][2] = vw2;
+      w[k][3] = vw3;
+      w[k][4] = wasm_u32x4_shr(ctr, 24);
+      w[k][5] = wasm_i32x4_shl(ctr, 8) | wasm_i32x4_splat(0x80);
+      for (int j = 6; j < 15; j++) w[k][j] = zero;
+      w[k][15] = wasm_i32x4_splat((64 + 23) * 8);
+      for (int j = 0; j < 8; j++) s[k][j] = pre_r[j];
+    }
+    rounds(s, w, 4);
+#pragma clang loop unroll(full)
+    for (int k = 0; k < NSETS; k++) {
+      V h[8];
+      for (int j = 0; j < 8; j++) h[j] = add(s[k][j], mid[j]);
       store4(dst + k * 128, 0, h[0], h[1], h[2], h[3]);
       store4(dst + k * 128, 16, h[4], h[5], h[6], h[7]);
     }

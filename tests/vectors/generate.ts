@@ -38,6 +38,7 @@ import {
 } from "../../src/handshake.ts";
 import { PSS_SALT_LEN, signedEphemeralData } from "../../src/ephemeral.ts";
 import { Keystream, keystreamSalt } from "../../src/keystream.ts";
+import { keystream2Salt, PrefixKeystream } from "../../src/keystream2.ts";
 import { type DirectionKeys, FLAG_END, RecordSealer, RecordType } from "../../src/record.ts";
 
 /** Where the vectors live. */
@@ -181,24 +182,7 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
   const serverFinished = encodeHandshakeMessage(HandshakeType.SERVER_FINISHED, sfMac);
 
   const ks = await Keystream.create(keys.c2s.enc);
-  const records: RecordVector[] = [];
-  for (const direction of ["c2s", "s2c"] as const) {
-    const dk: DirectionKeys = keys[direction];
-    const sealer = await RecordSealer.create(dk);
-    for (const r of RECORDS.filter((r) => r.direction === direction)) {
-      const seq = Number(sealer.nextSeq);
-      const frame = await sealer.seal(r.type, r.flags, r.body);
-      records.push({
-        name: r.name,
-        direction,
-        seq,
-        type: r.type,
-        flags: r.flags,
-        body_hex: toHex(r.body),
-        frame_hex: toHex(frame),
-      });
-    }
-  }
+  const records = await sealRecords(keys, 1);
 
   // Client authentication: the first c2s record of a session, an `auth` MSG.
   const clientSpki = await spkiOfPrivatePem(kept.clientPrivatePem);
@@ -301,6 +285,31 @@ export async function buildVectors(kept: KeptInputs): Promise<Record<string, unk
   };
 }
 
+/** {@linkcode RECORDS} sealed under a session's keys with protocol `version`'s keystream. */
+async function sealRecords(
+  keys: { c2s: DirectionKeys; s2c: DirectionKeys },
+  version: 1 | 2,
+): Promise<RecordVector[]> {
+  const records: RecordVector[] = [];
+  for (const direction of ["c2s", "s2c"] as const) {
+    const sealer = await RecordSealer.create(keys[direction], undefined, version);
+    for (const r of RECORDS.filter((r) => r.direction === direction)) {
+      const seq = Number(sealer.nextSeq);
+      const frame = await sealer.seal(r.type, r.flags, r.body);
+      records.push({
+        name: r.name,
+        direction,
+        seq,
+        type: r.type,
+        flags: r.flags,
+        body_hex: toHex(r.body),
+        frame_hex: toHex(frame),
+      });
+    }
+  }
+  return records;
+}
+
 /** The version 2 handshake vector: same nonces and secret, ephemeral key transport. */
 async function buildV2(kept: KeptInputs, spki: Uint8Array<ArrayBuffer>) {
   const ephSpki = await spkiOfPrivatePem(kept.ephemeralPrivatePem);
@@ -314,6 +323,7 @@ async function buildV2(kept: KeptInputs, spki: Uint8Array<ArrayBuffer>) {
   const keys = await deriveSessionKeys(FIXED.secret, th);
   const cfMac = finishedMac(keys.clientFinishedKey, "client", th);
   const sfMac = finishedMac(keys.serverFinishedKey, "server", th);
+  const ks = PrefixKeystream.create(keys.c2s.enc);
   return {
     note: "version 2: the server key (rsa_test_key) signs the ephemeral key and its window; " +
       "the secret (inputs.secret) travels under the ephemeral key; same nonces as version 1",
@@ -358,6 +368,18 @@ async function buildV2(kept: KeptInputs, spki: Uint8Array<ArrayBuffer>) {
     server_finished: toHex(
       encodeHandshakeMessage(HandshakeType.SERVER_FINISHED, sfMac),
     ),
+    keystream: {
+      construction: "block i = SHA-256(enc || 0^32 || salt || u64(i)), i = 0, 1, ...; " +
+        'salt = "efx2 ks" || u64(seq)',
+      direction: "c2s",
+      key: toHex(keys.c2s.enc),
+      seq0_salt: toHex(keystream2Salt(0n)),
+      seq0_first_80: toHex(ks.generate(0n, 80)),
+      seq1_salt: toHex(keystream2Salt(1n)),
+      seq1_first_80: toHex(ks.generate(1n, 80)),
+      seq7_1mib_sha256: toHex(await sha256(ks.generate(7n, 1024 * 1024))),
+    },
+    records: await sealRecords(keys, 2),
   };
 }
 
