@@ -504,4 +504,23 @@ export const MUTATIONS: Mutation[] = [
     filter: "unlisted",
     why: "a server with an authorized-clients file would admit any client with a valid signature",
   },
+  {
+    id: "v2-record-keystream",
+    file: "src/channel.ts",
+    find: "const version = hs.version as ProtocolVersion;",
+    replace: "const version = 1 as ProtocolVersion;",
+    tests: ["tests/security_review_test.ts"],
+    filter: "recorded v2 upload",
+    why: "a version 2 session would silently run the version 1 keystream: both ends agree, " +
+      "but a peer written from PROTOCOL.md would not interoperate",
+  },
+  {
+    id: "v2-keystream-counter",
+    file: "src/keystream2.ts",
+    find: "ksWasm.ks2_gen(0, Math.ceil(n / 32));",
+    replace: "ksWasm.ks2_gen(1, Math.ceil(n / 32));",
+    tests: ["tests/vectors_test.ts", "tests/keystream_wasm_test.ts"],
+    why:
+      "the version 2 keystream would start at the wrong block: not the bytes PROTOCOL.md specifies",
+  },
 ];
