@@ -108,7 +108,10 @@ export class Keystream {
     }
     loadKey(1, this.#id, this.#raw);
     setSalt(keystreamSalt(seq));
-    ksWasm.ks_gen(1, Math.ceil(length / 32));
+    const blocks = Math.ceil(length / 32);
+    if (ksWasm.ks_gen(1, blocks) < blocks * 32) {
+      throw new Error("keystream module refused the request");
+    }
     return output(length).slice();
   }
 }

@@ -80,7 +80,10 @@ export class PrefixKeystream {
     }
     loadKey(2, this.#id, this.#raw);
     setSalt(keystream2Salt(seq));
-    ksWasm.ks2_gen(0, Math.ceil(n / 32));
+    const blocks = Math.ceil(n / 32);
+    if (ksWasm.ks2_gen(0, blocks) < blocks * 32) {
+      throw new Error("keystream module refused the request");
+    }
     xorInto(data, output(n));
   }
 

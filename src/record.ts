@@ -244,7 +244,7 @@ export class RecordOpener {
     this.#ks = ks;
     this.#mac = mac;
     this.#max = max;
-    this.maxBody = opts.maxBody ?? MAX_RECORD_BODY;
+    this.maxBody = Math.min(opts.maxBody ?? MAX_RECORD_BODY, MAX_RECORD_BODY);
     this.prefetch = opts.prefetch ?? true;
     this.budget = opts.budget ?? null;
   }
@@ -457,7 +457,7 @@ export class RecordReader {
 
   /** The record layer's receive limits (lowered before a connection is admitted). */
   setLimits(limits: { maxBody: number; prefetch: boolean }): void {
-    this.#opener.maxBody = limits.maxBody;
+    this.#opener.maxBody = Math.min(limits.maxBody, MAX_RECORD_BODY);
     this.#opener.prefetch = limits.prefetch;
     if (!limits.prefetch) this.#opener.dropPrefetch();
   }

@@ -256,6 +256,28 @@ Deno.test("record: an opener with a lower maxBody rejects longer records from th
   await assert.rejects(opener.open(frame), { name: "IntegrityError", message: /limit of 100/ });
 });
 
+Deno.test("record: an opener never accepts more than MAX_RECORD_BODY, whatever maxBody it is given", async () => {
+  // A header announcing one byte over the protocol's limit; the opener must
+  // refuse it from the header alone, before any body is read or reserved.
+  const header = new Uint8Array(8);
+  header[0] = RecordType.DATA;
+  new DataView(header.buffer).setUint32(4, MAX_RECORD_BODY + 1);
+  const frame = new Uint8Array(8 + MAX_RECORD_BODY + 1 + 32);
+  frame.set(header);
+  for (const maxBody of [MAX_RECORD_BODY * 4, 2 ** 32 - 1]) {
+    const opener = await RecordOpener.create(newKeys(), { maxBody });
+    assert.equal(opener.maxBody, MAX_RECORD_BODY);
+    await assert.rejects(opener.open(frame), {
+      name: "IntegrityError",
+      message: new RegExp(`limit of ${MAX_RECORD_BODY} bytes`),
+    });
+    // Raised again later (as the server does once a client is admitted): still clamped.
+    opener.maxBody = 100;
+    new RecordReader(opener, new ChunkSource()).setLimits({ maxBody, prefetch: false });
+    assert.equal(opener.maxBody, MAX_RECORD_BODY);
+  }
+});
+
 Deno.test("record: the sealer refuses bodies over MAX_RECORD_BODY", async () => {
   const sealer = await RecordSealer.create(newKeys());
   await assert.rejects(async () =>

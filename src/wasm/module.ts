@@ -6,8 +6,12 @@
  * The module holds one key's cached midstates per version, so each user
  * records which key it loaded ({@linkcode loadKey}) and reloads only when
  * another key's turn comes. The raw key is written to the module's memory
- * for the load and wiped at once; the midstates stay (they are key
- * material, as the raw key kept by each keystream object is).
+ * for the load and that copy is zeroed at once. What stays in the module's
+ * memory until it is overwritten: the cached midstates (key material, as
+ * the raw key each keystream object keeps is), the last record's keystream
+ * in the output buffer, and key-derived words left in the module's stack by
+ * the compression function. The module lives as long as the process; no
+ * wipe of those is attempted (JavaScript cannot reach the stack's words).
  *
  * @example
  * ```ts
