@@ -34,6 +34,7 @@ import {
   percentile,
   runMeasured,
   sha256File,
+  startEfxServer,
 } from "./measure.ts";
 import { type SshdHandle, startSshd } from "./sshd.ts";
 import { SecureChannel } from "../src/channel.ts";
@@ -168,28 +169,15 @@ try {
   const kp = await writeKeyPair(keyDir, { bits: 3072 });
   const port = await freePort();
   const storage = join(tmp, "storage");
-  const server = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...CLIENT_FLAGS,
-      MAIN,
-      "serve",
-      "--port",
-      String(port),
-      "--host",
-      "127.0.0.1",
-      "--root",
-      storage,
-      "--key",
-      kp.privatePath,
-      "--quiet",
-    ],
-    stdin: "null",
-    stdout: "null",
+  const server = await startEfxServer({
+    main: MAIN,
+    flags: CLIENT_FLAGS,
+    port,
+    root: storage,
+    key: kp.privatePath,
     stderr: "piped",
-  }).spawn();
+  });
   procs.push(server);
-  await waitForPort(port);
   const efxConn = ["--server", `127.0.0.1:${port}`, "--server-key", kp.publicPath, "--quiet"];
   const efx = (args: string[], cwd?: string) =>
     runMeasured([Deno.execPath(), "run", ...CLIENT_FLAGS, MAIN, ...args, ...efxConn], { cwd });
@@ -301,30 +289,15 @@ try {
   // generation of about 1-2 s of one core: a worst case, as with the default
   // 1 h it happens once an hour).
   const rotPort = await freePort();
-  const rotServer = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...CLIENT_FLAGS,
-      MAIN,
-      "serve",
-      "--port",
-      String(rotPort),
-      "--host",
-      "127.0.0.1",
-      "--root",
-      join(tmp, "storage-rot"),
-      "--key",
-      kp.privatePath,
-      "--ephemeral-lifetime",
-      `${ROT_LIFETIME_S}s`,
-      "--quiet",
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const rotServer = await startEfxServer({
+    main: MAIN,
+    flags: CLIENT_FLAGS,
+    port: rotPort,
+    root: join(tmp, "storage-rot"),
+    key: kp.privatePath,
+    extra: ["--ephemeral-lifetime", `${ROT_LIFETIME_S}s`],
+  });
   procs.push(rotServer);
-  await waitForPort(rotPort);
   const rotMs: number[] = [];
   const rotKeys = new Set<string>();
   const rotStart = performance.now();
@@ -556,16 +529,4 @@ function perMiB(cpuMs: number): string {
 
 function fmtRate(bytes: number, ms: number): string {
   return `${(bytes / MB / (ms / 1000)).toFixed(0)} MB/s`;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`efx server did not start on port ${port}`);
 }

@@ -19,17 +19,9 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { SecureChannel } from "../src/channel.ts";
 import { writeKeyPair } from "../src/keys.ts";
-import { freePort, percentile } from "./measure.ts";
+import { cpuMsOf, freePort, percentile, startEfxServer } from "./measure.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-/** CPU time (user + system, ms) of process `pid` so far, from /proc. */
-function procCpuMs(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
-  return (Number(fields[11]) + Number(fields[12])) * 10; // USER_HZ = 100
-}
 
 /** Mean ms per RSA-OAEP-3072 decryption through WebCrypto (`n` sequential calls). */
 async function webCryptoDecryptMs(n: number): Promise<number> {
@@ -71,35 +63,17 @@ async function main(): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "efx-bench-hs-" });
   const port = await freePort();
   const { privatePath } = await writeKeyPair(tmp, { bits: 3072 });
-  const server = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      MAIN,
-      "serve",
-      "--port",
-      String(port),
-      "--host",
-      "127.0.0.1",
-      "--root",
-      join(tmp, "storage"),
-      "--key",
-      privatePath,
-      "-q",
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const server = await startEfxServer({
+    main: MAIN,
+    flags: ["-A"],
+    port,
+    root: join(tmp, "storage"),
+    key: privatePath,
+  }).catch(async (err) => {
+    await Deno.remove(tmp, { recursive: true });
+    throw err;
+  });
   try {
-    for (let i = 0;; i++) {
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-        break;
-      } catch (err) {
-        if (i > 100) throw err;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
     const rsa = await webCryptoDecryptMs(50);
     const ossl = await opensslPrivateMs();
     console.log(
@@ -109,7 +83,7 @@ async function main(): Promise<void> {
     for (const clients of [1, 2, 4, 8]) {
       const lat: number[] = [];
       let started = 0;
-      const cpu0 = procCpuMs(server.pid);
+      const cpu0 = cpuMsOf(server.pid);
       const t0 = performance.now();
       await Promise.all(Array.from({ length: clients }, async () => {
         while (started++ < count) {
@@ -123,7 +97,7 @@ async function main(): Promise<void> {
         }
       }));
       const s = (performance.now() - t0) / 1000;
-      const cpuPer = (procCpuMs(server.pid) - cpu0) / count;
+      const cpuPer = (cpuMsOf(server.pid) - cpu0) / count;
       lat.sort((a, b) => a - b);
       console.log(
         `${clients} client(s) at once: ${(count / s).toFixed(0)} handshakes/s, ` +

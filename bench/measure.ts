@@ -399,3 +399,68 @@ export function formatTable(header: string[], rows: string[][]): string {
     "\n",
   );
 }
+
+/** Waits until something accepts TCP connections on 127.0.0.1:`port` (10 s at most). */
+export async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`efx server did not start on port ${port}`);
+}
+
+/** How {@linkcode startEfxServer} runs `efx serve`. */
+export interface EfxServerOptions {
+  /** Path of main.ts. */
+  main: string;
+  /** Deno flags (permissions, V8 flags). */
+  flags: string[];
+  port: number;
+  root: string;
+  /** The server's private key file. */
+  key: string;
+  /** More `serve` options, e.g. `--ephemeral-lifetime 5s`. */
+  extra?: string[];
+  stderr?: "piped" | "null";
+}
+
+/**
+ * Starts a quiet `efx serve` on 127.0.0.1 and waits until it accepts
+ * connections; a server that does not come up is killed before the error
+ * is thrown.
+ */
+export async function startEfxServer(o: EfxServerOptions): Promise<Deno.ChildProcess> {
+  const server = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...o.flags,
+      o.main,
+      "serve",
+      "--port",
+      String(o.port),
+      "--host",
+      "127.0.0.1",
+      "--root",
+      o.root,
+      "--key",
+      o.key,
+      ...(o.extra ?? []),
+      "--quiet",
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: o.stderr ?? "null",
+  }).spawn();
+  try {
+    await waitForPort(o.port);
+  } catch (err) {
+    server.kill("SIGKILL");
+    await server.status;
+    throw err;
+  }
+  return server;
+}

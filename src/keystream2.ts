@@ -42,7 +42,7 @@
 import { createHash } from "node:crypto";
 import { concat, u64, utf8 } from "./bytes.ts";
 import { xorInto } from "./keystream.ts";
-import { ksWasm, loadKey, newOwnerId, output, setSalt } from "./wasm/module.ts";
+import { generateBlocks, ksWasm, loadKey, newOwnerId, output, setSalt } from "./wasm/module.ts";
 
 const LABEL = utf8.encode("efx2 ks");
 
@@ -80,10 +80,7 @@ export class PrefixKeystream {
     }
     loadKey(2, this.#id, this.#raw);
     setSalt(keystream2Salt(seq));
-    const blocks = Math.ceil(n / 32);
-    if (ksWasm.ks2_gen(0, blocks) < blocks * 32) {
-      throw new Error("keystream module refused the request");
-    }
+    generateBlocks(2, 0, Math.ceil(n / 32));
     xorInto(data, output(n));
   }
 

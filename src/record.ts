@@ -220,8 +220,7 @@ export class RecordOpener {
   #mac: Uint8Array;
   #seq = 0n;
   #max: bigint;
-  /** Largest body accepted (lowered before a connection is admitted). */
-  maxBody: number;
+  #maxBody = MAX_RECORD_BODY;
   /** Whether keystreams of later records may be computed ahead. */
   prefetch: boolean;
   /** Shared bound on large-record memory; null: none (e.g. the client side). */
@@ -244,9 +243,20 @@ export class RecordOpener {
     this.#ks = ks;
     this.#mac = mac;
     this.#max = max;
-    this.maxBody = Math.min(opts.maxBody ?? MAX_RECORD_BODY, MAX_RECORD_BODY);
+    this.maxBody = opts.maxBody ?? MAX_RECORD_BODY;
     this.prefetch = opts.prefetch ?? true;
     this.budget = opts.budget ?? null;
+  }
+
+  /**
+   * Largest body accepted (lowered before a connection is admitted); never
+   * above {@linkcode MAX_RECORD_BODY}, whatever is assigned.
+   */
+  get maxBody(): number {
+    return this.#maxBody;
+  }
+  set maxBody(n: number) {
+    this.#maxBody = Math.min(n, MAX_RECORD_BODY);
   }
 
   static async create(
@@ -457,7 +467,7 @@ export class RecordReader {
 
   /** The record layer's receive limits (lowered before a connection is admitted). */
   setLimits(limits: { maxBody: number; prefetch: boolean }): void {
-    this.#opener.maxBody = Math.min(limits.maxBody, MAX_RECORD_BODY);
+    this.#opener.maxBody = limits.maxBody;
     this.#opener.prefetch = limits.prefetch;
     if (!limits.prefetch) this.#opener.dropPrefetch();
   }

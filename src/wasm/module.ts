@@ -80,6 +80,18 @@ export function setSalt(salt: Uint8Array): void {
   new Uint8Array(w.memory.buffer).set(salt, w.ks_io_ptr() + 64);
 }
 
+/**
+ * Writes keystream blocks `first` .. `first + nblocks - 1` of protocol
+ * `version` (ks_gen or ks2_gen) for the loaded key and salt to the output
+ * buffer; throws if the module refuses (more blocks than its buffer holds,
+ * or a counter out of range), so that stale bytes are never used.
+ */
+export function generateBlocks(version: 1 | 2, first: number, nblocks: number): void {
+  const w = ksWasm!;
+  const written = version === 1 ? w.ks_gen(first, nblocks) : w.ks2_gen(first, nblocks);
+  if (written < nblocks * 32) throw new Error("keystream module refused the request");
+}
+
 /** A view of the first `length` bytes the last ks_gen / ks2_gen call wrote (valid until the next call). */
 export function output(length: number): Uint8Array {
   const w = ksWasm!;

@@ -517,8 +517,8 @@ export const MUTATIONS: Mutation[] = [
   {
     id: "v2-keystream-counter",
     file: "src/keystream2.ts",
-    find: "ksWasm.ks2_gen(0, blocks)",
-    replace: "ksWasm.ks2_gen(1, blocks)",
+    find: "generateBlocks(2, 0, Math.ceil(n / 32));",
+    replace: "generateBlocks(2, 1, Math.ceil(n / 32));",
     tests: ["tests/vectors_test.ts", "tests/keystream_wasm_test.ts"],
     why:
       "the version 2 keystream would start at the wrong block: not the bytes PROTOCOL.md specifies",
