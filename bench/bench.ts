@@ -45,22 +45,21 @@ import { writeKeyPair } from "../src/keys.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = join(ROOT, "main.ts");
-/** The same permissions as the `efx` and `serve` tasks in deno.json. */
-const CLIENT_FLAGS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env",
-  "--v8-flags=--expose-gc",
-];
-/**
- * The server's: the serve task's V8 flags (a 1 MiB young generation, which
- * measured 4-6 MiB lower peak RSS at the same CPU per MiB).
- */
-const SERVER_FLAGS = [
-  ...CLIENT_FLAGS.slice(0, -1),
-  "--v8-flags=--expose-gc,--max-semi-space-size=1",
-];
+/** Broad permissions (the servers here use throwaway paths, not the serve task's). */
+const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
+
+/** The V8 flags a deno.json task sets through its `DENO_V8_FLAGS=` prefix. */
+function taskV8Flags(task: string): string {
+  const cfg = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json")));
+  const m = /^DENO_V8_FLAGS=(\S+) /.exec(cfg.tasks[task] ?? "");
+  if (!m) throw new Error(`deno.json task ${task} sets no DENO_V8_FLAGS`);
+  return m[1];
+}
+
+/** The clients': the `efx` task's V8 flags. */
+const CLIENT_FLAGS = [...PERMISSIONS, `--v8-flags=${taskV8Flags("efx")}`];
+/** The servers': the `serve` task's V8 flags (a 1 MiB young generation: see README). */
+const SERVER_FLAGS = [...PERMISSIONS, `--v8-flags=${taskV8Flags("serve")}`];
 
 // `--s3`: the S3 backend's benchmark instead (bench/s3.ts).
 if (Deno.args.includes("--s3")) {
@@ -299,7 +298,7 @@ try {
   const rotPort = await freePort();
   const rotServer = await startEfxServer({
     main: MAIN,
-    flags: CLIENT_FLAGS,
+    flags: SERVER_FLAGS,
     port: rotPort,
     root: join(tmp, "storage-rot"),
     key: kp.privatePath,
