@@ -37,6 +37,7 @@ import { createHmac } from "node:crypto";
 import { setImmediate } from "node:timers";
 import { constantTimeEqual, u64 } from "./bytes.ts";
 import { EfxError, IntegrityError, ProtocolError } from "./errors.ts";
+import { noteRecord } from "./gc.ts";
 import { BufferedReader, type Readable, type Writable, writeAll } from "./io.ts";
 import { Keystream, xorInto } from "./keystream.ts";
 import { PrefixKeystream } from "./keystream2.ts";
@@ -184,6 +185,7 @@ export class RecordSealer {
     if (this.#seq >= this.#max) throw limitError(this.#max);
     const seq = this.#seq++;
     const ks = this.#ks;
+    noteRecord(); // its tag's HMAC object
     const build = (stream: Uint8Array | null) => {
       const n = body.length;
       const frame = take(HEADER_LEN + n + TAG_LEN); // every byte is written below
@@ -359,6 +361,7 @@ export class RecordOpener {
     bodyAndTag: Uint8Array<ArrayBuffer>,
   ): Promise<PlainRecord> {
     const n = rec.length;
+    noteRecord(); // the HMAC object below
     const tag = createHmac("sha256", this.#mac).update(u64(rec.seq)).update(rec.header)
       .update(bodyAndTag.subarray(0, n)).digest();
     if (!constantTimeEqual(tag, bodyAndTag.subarray(n, n + TAG_LEN))) {
