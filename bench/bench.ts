@@ -42,6 +42,7 @@ import { describeFloor, type Floor, measureFloor } from "./floor.ts";
 import { describeOneSide, oneSide } from "./one_side.ts";
 import { EfxClient } from "../src/client.ts";
 import { writeKeyPair } from "../src/keys.ts";
+import { denoTask } from "../tests/helpers/deno_task.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = join(ROOT, "main.ts");
@@ -50,10 +51,9 @@ const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-en
 
 /** The V8 flags a deno.json task sets through its `DENO_V8_FLAGS=` prefix. */
 function taskV8Flags(task: string): string {
-  const cfg = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json")));
-  const m = /^DENO_V8_FLAGS=(\S+) /.exec(cfg.tasks[task] ?? "");
-  if (!m) throw new Error(`deno.json task ${task} sets no DENO_V8_FLAGS`);
-  return m[1];
+  const flags = denoTask(task).env.DENO_V8_FLAGS;
+  if (!flags) throw new Error(`deno.json task ${task} sets no DENO_V8_FLAGS`);
+  return flags;
 }
 
 /** The clients': the `efx` task's V8 flags. */

@@ -6,21 +6,17 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { denoTask } from "./helpers/deno_task.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-/** The permission flags of a deno.json task (the words between `run` and the script). */
-async function taskFlags(task: string): Promise<string[]> {
-  const cfg = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
-  const words: string[] = cfg.tasks[task].split(/\s+/);
-  const start = words.indexOf("run") + 1;
-  const end = words.indexOf("main.ts");
-  assert.ok(start > 0 && end > start, `task ${task} has the form 'deno run FLAGS main.ts ...'`);
-  return words.slice(start, end);
+/** The permission flags of a deno.json task (the words between `run` and `main.ts`). */
+function taskFlags(task: string): string[] {
+  return denoTask(task).flags;
 }
 
-Deno.test("serve task: no -A, no run/env/ffi, sys only for statfs, net pinned to one port", async () => {
-  const flags = await taskFlags("serve");
+Deno.test("serve task: no -A, no run/env/ffi, sys only for statfs, net pinned to one port", () => {
+  const flags = taskFlags("serve");
   for (const f of flags) {
     assert.ok(
       /^--allow-(net|read|write)=/.test(f) || f === "--allow-sys=statfs",
@@ -32,7 +28,7 @@ Deno.test("serve task: no -A, no run/env/ffi, sys only for statfs, net pinned to
 });
 
 Deno.test("serve task: Deno refuses reads and writes outside the root", async () => {
-  const flags = await taskFlags("serve");
+  const flags = taskFlags("serve");
   const dir = await Deno.makeTempDir({ prefix: "efx-lp-" });
   try {
     const checkout = join(dir, "checkout");
@@ -82,7 +78,7 @@ Deno.test("serve task: Deno refuses reads and writes outside the root", async ()
 
 Deno.test("serve task flags: the real server runs and transfers under them", async () => {
   const { EfxClient } = await import("../src/client.ts");
-  const flags = await taskFlags("serve");
+  const flags = taskFlags("serve");
   const dir = await Deno.makeTempDir({ prefix: "efx-lp-" });
   await Deno.mkdir(join(dir, "keys")); // a checkout has keys/ (with its README)
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });

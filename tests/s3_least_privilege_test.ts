@@ -7,20 +7,17 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { denoTask } from "./helpers/deno_task.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-async function taskFlags(task: string): Promise<string[]> {
-  const cfg = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
-  const words: string[] = cfg.tasks[task].split(/\s+/);
-  const start = words.indexOf("run") + 1;
-  const end = words.indexOf("main.ts");
-  assert.ok(start > 0 && end > start, `task ${task} has the form 'deno run FLAGS main.ts ...'`);
-  return words.slice(start, end);
+/** The permission flags of a deno.json task (the words between `run` and `main.ts`). */
+function taskFlags(task: string): string[] {
+  return denoTask(task).flags;
 }
 
-Deno.test("serve-s3 task: net pinned to the port and the store, no storage folder, env for credentials only", async () => {
-  const flags = await taskFlags("serve-s3");
+Deno.test("serve-s3 task: net pinned to the port and the store, no storage folder, env for credentials only", () => {
+  const flags = taskFlags("serve-s3");
   for (const f of flags) {
     assert.ok(/^--allow-(net|read|write|env)=/.test(f), `unscoped or unexpected flag: ${f}`);
   }

@@ -16,7 +16,8 @@
 import { join } from "node:path";
 import type { S3Config } from "../../src/storage/s3_client.ts";
 import { S3Client } from "../../src/storage/s3_client.ts";
-import { freePort, MAIN_TS, taskFlags, testServerKey } from "./server.ts";
+import { denoTask } from "./deno_task.ts";
+import { freePort, MAIN_TS, testServerKey } from "./server.ts";
 
 /** Where `scripts/s3-store-start.sh` writes its env file by default. */
 export const DEFAULT_ENV_FILE = `${Deno.env.get("TMPDIR") ?? "/tmp"}/efx-rgw/env`;
@@ -163,7 +164,8 @@ export async function startS3Node(
   }
   const port = opts.port ?? freePort();
   const store = new URL(config.endpoint).host;
-  const flags = (await taskFlags("serve-s3")).map((f) =>
+  const task = denoTask("serve-s3");
+  const flags = task.flags.map((f) =>
     f.startsWith("--allow-net=") ? `--allow-net=127.0.0.1:${port},${store}` : f
   );
   const proc = new Deno.Command(Deno.execPath(), {
@@ -188,6 +190,7 @@ export async function startS3Node(
     cwd: dir,
     env: {
       NO_COLOR: "1",
+      ...task.env,
       EFX_S3_ACCESS_KEY: config.accessKey,
       EFX_S3_SECRET_KEY: opts.credentialsFile ? "not-this-one" : config.secretKey,
     },

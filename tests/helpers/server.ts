@@ -42,6 +42,7 @@ import { SecureChannel } from "../../src/channel.ts";
 import { loadServerPrivateKey, writeKeyPair } from "../../src/keys.ts";
 import { makeServerVerifier } from "../../src/trust.ts";
 import { loadClientIdentity } from "../../src/auth.ts";
+import { denoTask } from "./deno_task.ts";
 
 /** Absolute path of the CLI entry point. */
 export const MAIN_TS: string = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -148,20 +149,6 @@ export function defaultServerPerms(): ServerPerms {
   throw new Error(`EFX_TEST_SERVER_PERMS must be broad or serve-task, not ${v}`);
 }
 
-/** The permission flags of a deno.json task (the words between `run` and `main.ts`). */
-export async function taskFlags(task: string): Promise<string[]> {
-  const cfg = JSON.parse(
-    await Deno.readTextFile(fileURLToPath(new URL("../../deno.json", import.meta.url))),
-  );
-  const words: string[] = cfg.tasks[task].split(/\s+/);
-  const start = words.indexOf("run") + 1;
-  const end = words.indexOf("main.ts");
-  if (start <= 0 || end <= start) {
-    throw new Error(`task ${task} is not of the form 'deno run FLAGS main.ts ...'`);
-  }
-  return words.slice(start, end);
-}
-
 /** Options of {@linkcode startServer}. */
 export interface StartServerOptions {
   /** Extra `efx serve` arguments, e.g. `["--max-size", "1M"]`. */
@@ -214,14 +201,18 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
     extra.push("--authorized-clients", acPath);
   }
   let permFlags: string[] = [...CLI_PERMISSIONS];
+  let taskEnv: Record<string, string> = {};
   let port = "0";
   if (perms === "serve-task") {
     // The task's own flags, relative paths and all (cwd is `dir`, laid out
-    // like a checkout: keys/server.key.pem, storage/); only the port moves.
+    // like a checkout: keys/server.key.pem, storage/), and its V8 flags;
+    // only the port moves.
+    const task = denoTask("serve");
     port = String(freePort());
-    permFlags = (await taskFlags("serve")).map((f) =>
+    permFlags = task.flags.map((f) =>
       f.startsWith("--allow-net=") ? `--allow-net=127.0.0.1:${port}` : f
     );
+    taskEnv = task.env;
   }
   const proc = new Deno.Command(Deno.execPath(), {
     args: [
@@ -241,7 +232,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
       ...extra,
     ],
     cwd: dir,
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...taskEnv },
     stdin: "null",
     stdout: "null",
     stderr: "piped",
