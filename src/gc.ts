@@ -9,14 +9,14 @@
  *   stream is recycled (pool.ts). The stream code reports their bytes
  *   ({@linkcode noteGarbage}); a collection runs every
  *   {@linkcode GC_INTERVAL_BYTES}.
- * - native objects: each record's HMAC (and any `node:crypto` hash) is a
- *   native object that only a full collection frees, and young-generation
- *   collections never run one. A server that moved 1 GiB up and down three
- *   times grew its malloc heap from 4.6 to 13.6 MiB this way (peak RSS 76
- *   to 88 MiB, 2026-12-03, 2-core Xeon); collecting every
- *   {@linkcode GC_INTERVAL_RECORDS} records kept it at 73-77 MiB over the
- *   same rounds, at the same CPU. The record layer reports each record
- *   ({@linkcode noteRecord}).
+ * - native objects: each record's `node:crypto` HMAC lives outside V8's
+ *   heap and is freed only by a full collection, which a heap as small as
+ *   ours rarely needs. A server moving 1 GiB up and down, round after
+ *   round, grew its malloc heap from 4.6 to 13.6 MiB in three rounds this
+ *   way: peak RSS 74-86 MiB over four rounds; collecting every
+ *   {@linkcode GC_INTERVAL_RECORDS} records kept it at 73.5-78.5 MiB over
+ *   five, at the same server CPU (2026-12-03, 2-core Xeon). The record
+ *   layer reports each record ({@linkcode noteRecord}).
  *
  * Two ways to collect, measured (bench/floor.ts conditions, 2-core EPYC):
  * - V8's `gc` exposed on the global object (the process was started with
