@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { SecureChannel } from "../src/channel.ts";
 import { writeKeyPair } from "../src/keys.ts";
 import { cpuMsOf, freePort, percentile, startEfxServer } from "./measure.ts";
+import { denoTask } from "../tests/helpers/deno_task.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -65,7 +66,7 @@ async function main(): Promise<void> {
   const { privatePath } = await writeKeyPair(tmp, { bits: 3072 });
   const server = await startEfxServer({
     main: MAIN,
-    flags: ["-A"],
+    flags: ["-A", `--v8-flags=${denoTask("serve").env.DENO_V8_FLAGS}`], // the serve task's V8
     port,
     root: join(tmp, "storage"),
     key: privatePath,
