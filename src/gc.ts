@@ -13,16 +13,18 @@
  *   heap and is freed only by a full collection, which a heap as small as
  *   ours rarely needs. A server moving 1 GiB up and down, round after
  *   round, grew its malloc heap from 4.6 to 13.6 MiB in three rounds this
- *   way: peak RSS 74-86 MiB over four rounds; collecting every
- *   {@linkcode GC_INTERVAL_RECORDS} records kept it at 73.5-78.5 MiB over
- *   five, at the same server CPU (2026-12-03, 2-core Xeon). The record
- *   layer reports each record ({@linkcode noteRecord}).
+ *   way. The record layer reports each record ({@linkcode noteRecord}) and
+ *   a collection runs every {@linkcode GC_INTERVAL_RECORDS}: four rounds
+ *   (`deno task bench-memory`, 2026-12-03, 2-core Xeon) then peaked at
+ *   71.3-76.4 MiB, level from the second, against 71.3-83.9 MiB rising
+ *   3 MiB a round without; every 512 records did no better (70.7-75.7).
  *
  * Two ways to collect, measured (bench/floor.ts conditions, 2-core EPYC):
  * - V8's `gc` exposed on the global object (the process was started with
  *   `--v8-flags=--expose-gc`, as the deno.json tasks and compiled binaries
- *   are): a full collection of our small heap takes ~0.4 ms when idle, but
- *   in a streaming process each one costs several ms more (the freed
+ *   are): a full collection of our small heap takes a few ms (0.4 ms on
+ *   an idle EPYC; 4-8 ms on a 2-core Xeon), and in a streaming process
+ *   each one costs several ms more (the freed
  *   keystream memory goes back to the OS and the next buffers fault it in
  *   again): one side alone measured ~9.6, ~8.0 and ~7.4 ms CPU per MiB
  *   collecting every 4, 8 and 32 MiB. It runs every
@@ -42,11 +44,14 @@ import * as vm from "node:vm";
 /** Bytes of short-lived keystream buffers between two collections (global `gc`). */
 export const GC_INTERVAL_BYTES = 16 * 1024 * 1024;
 /**
- * Records sealed or opened between two collections: 128 MiB of 256 KiB
- * records. A full collection of a streaming server's heap measured 6-8 ms,
- * so this costs ~0.06 ms per MiB; every 64 records (16 MiB) cost ~0.5.
+ * Records sealed or opened between two collections, whatever their size: a
+ * full collection costs a streaming process 4-8 ms, while a record's HMAC
+ * object is about 0.4 KiB. So at most ~1.6 MiB of them pile up, and a
+ * collection costs 1-2 us per record: ~0.01 ms per MiB of 256 KiB records,
+ * and ~10 us per 4 KiB file (a few records each way) where a bound of 512
+ * cost ~60 us, 7% of a small file's server time.
  */
-export const GC_INTERVAL_RECORDS = 512;
+export const GC_INTERVAL_RECORDS = 4096;
 /** The same through the slow `node:vm` route. */
 export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 
@@ -66,6 +71,7 @@ type GcFn = () => void;
 export class GarbageMeter {
   #bytes = 0;
   #records = 0;
+  #runs = 0;
 
   constructor(
     readonly collect: GcFn,
@@ -84,9 +90,15 @@ export class GarbageMeter {
     if (++this.#records >= this.maxRecords) this.#run();
   }
 
+  /** Collections run so far. */
+  get runs(): number {
+    return this.#runs;
+  }
+
   #run(): void {
     this.#bytes = 0;
     this.#records = 0;
+    this.#runs++;
     this.collect();
   }
 }
@@ -116,4 +128,9 @@ export function noteGarbage(bytes: number): void {
 /** Notes one record sealed or opened; collects every {@linkcode GC_INTERVAL_RECORDS}. */
 export function noteRecord(): void {
   processMeter().record();
+}
+
+/** Collections the process's meter has run (for tests and diagnostics). */
+export function gcCollections(): number {
+  return processMeter().runs;
 }

@@ -1,5 +1,6 @@
 import { equal as assertEquals } from "node:assert/strict";
-import { GarbageMeter, GC_INTERVAL_RECORDS } from "../src/gc.ts";
+import { GarbageMeter, GC_INTERVAL_RECORDS, gcCollections } from "../src/gc.ts";
+import { RecordOpener, RecordSealer, RecordType } from "../src/record.ts";
 
 Deno.test("GarbageMeter collects once the buffers reach their bound, then counts afresh", () => {
   let runs = 0;
@@ -35,4 +36,25 @@ Deno.test("GarbageMeter: one collection starts both counts afresh", () => {
   assertEquals(runs, 1);
   meter.buffers(999);
   assertEquals(runs, 1);
+  for (let i = 0; i < 9; i++) meter.record(); // ten records since: collects
+  assertEquals(runs, 2);
+  meter.buffers(999); // the buffers count started afresh too
+  assertEquals(runs, 2);
+  meter.buffers(1);
+  assertEquals(runs, 3);
+});
+
+Deno.test("the record layer reports every record sealed and opened to the process's meter", async () => {
+  const keys = { enc: new Uint8Array(32).fill(1), mac: new Uint8Array(32).fill(2) };
+  const sealer = await RecordSealer.create(keys, undefined, 2);
+  const opener = await RecordOpener.create(keys, { version: 2 });
+  const before = gcCollections();
+  // Version 2 leaves no keystream buffers, so only the record count can
+  // collect: 2 x GC_INTERVAL_RECORDS records (each sealed and opened) make
+  // exactly two collections, whatever the count stood at before.
+  for (let i = 0; i < GC_INTERVAL_RECORDS; i++) {
+    const frame = await sealer.seal(RecordType.DATA, 0, new Uint8Array(16));
+    await opener.open(frame);
+  }
+  assertEquals(gcCollections() - before, 2);
 });
