@@ -94,7 +94,7 @@ Deno.test("serve task flags: the real server runs and transfers under them", asy
     stdin: "null",
     stdout: "null",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { ...denoTask("serve").env, NO_COLOR: "1" }, // the task's V8 flags too
   }).spawn();
   const stderr: string[] = [];
   const reading = (async () => {

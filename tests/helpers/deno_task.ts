@@ -37,6 +37,11 @@ export function denoTask(name: string): DenoTask {
 
 /** Splits one task command line (see {@linkcode denoTask}). */
 export function parseTask(name: string, line: string): DenoTask {
+  if (/["'`$;&|<>\\]/.test(line)) {
+    throw new Error(
+      `task ${name} uses shell quoting or operators, which this reader does not parse`,
+    );
+  }
   const words = line.trim().split(/\s+/);
   const env: Record<string, string> = {};
   let i = 0;

@@ -232,7 +232,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<TestSe
       ...extra,
     ],
     cwd: dir,
-    env: { NO_COLOR: "1", ...taskEnv },
+    env: { ...taskEnv, NO_COLOR: "1" },
     stdin: "null",
     stdout: "null",
     stderr: "piped",
