@@ -33,7 +33,10 @@ import {
   machineInfo,
   makeRandomFile,
   median,
+  parseSize,
+  peakRssOf,
   percentile,
+  resetPeakRss,
   runMeasured,
   sha256File,
   startEfxServer,
@@ -83,12 +86,6 @@ const { values: opt } = parseArgs({
   },
 });
 
-function parseSize(s: string): number {
-  const m = /^(\d+)([KMG]?)i?B?$/i.exec(s);
-  if (!m) throw new Error(`bad --size ${s}`);
-  return Number(m[1]) * ({ "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2].toUpperCase()]!);
-}
-
 const quick = opt.quick === true;
 const size = parseSize(opt.size ?? (quick ? "256M" : "1G"));
 const runs = Number(opt.runs ?? 3);
@@ -119,21 +116,6 @@ const newSeries = (): Series => ({
   clientCpuMs: [],
   serverCpuMs: [],
 });
-
-function resetPeak(pid: number) {
-  try {
-    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
-  } catch { /* not permitted: the figure is then the process's all-time peak */ }
-}
-
-function serverPeakKiB(pid: number): number {
-  try {
-    const m = /VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
 
 async function must<T extends { code: number; stderr: string }>(
   what: string,
@@ -204,22 +186,22 @@ try {
   const efxUp = newSeries(), efxDown = newSeries();
   const efxSmall: number[] = [];
   for (let r = 0; r < runs; r++) {
-    resetPeak(server.pid);
+    resetPeakRss(server.pid);
     let cpu0 = cpuMsOf(server.pid);
     const up = await must("efx upload", efx(["upload", big, "--as", "big.bin", "--force"]));
     efxUp.ms.push(up.ms);
     efxUp.clientRssKiB.push(up.peakRssKiB);
-    efxUp.serverRssKiB.push(serverPeakKiB(server.pid));
+    efxUp.serverRssKiB.push(peakRssOf(server.pid));
     efxUp.clientCpuMs.push(up.cpuMs);
     efxUp.serverCpuMs.push(cpuMsOf(server.pid) - cpu0);
     await checkSha(join(storage, "big.bin"), bigSha, "efx upload");
     const dl = join(tmp, "down.bin");
-    resetPeak(server.pid);
+    resetPeakRss(server.pid);
     cpu0 = cpuMsOf(server.pid);
     const down = await must("efx download", efx(["download", "big.bin", "-o", dl, "--force"]));
     efxDown.ms.push(down.ms);
     efxDown.clientRssKiB.push(down.peakRssKiB);
-    efxDown.serverRssKiB.push(serverPeakKiB(server.pid));
+    efxDown.serverRssKiB.push(peakRssOf(server.pid));
     efxDown.clientCpuMs.push(down.cpuMs);
     efxDown.serverCpuMs.push(cpuMsOf(server.pid) - cpu0);
     await checkSha(dl, bigSha, "efx download");

@@ -82,14 +82,37 @@ export function peakRssOf(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
+/** A `--size` value: bytes, or a count with K, M or G (binary units: `256M` is 256 MiB). */
+export function parseSize(s: string): number {
+  const m = /^(\d+)([KMG]?)i?B?$/i.exec(s);
+  if (!m) throw new Error(`bad --size ${s}`);
+  return Number(m[1]) * ({ "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2].toUpperCase()]!);
+}
+
+/** Current RSS of a running pid split in its anonymous and file-backed parts (KiB; 0 if gone). */
+export function rssPartsOf(pid: number): { anonKiB: number; fileKiB: number } {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/status`);
+  } catch { /* gone */ }
+  const kib = (field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? 0);
+  return { anonKiB: kib("RssAnon"), fileKiB: kib("RssFile") };
+}
+
 /** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux). */
 const CLK_TCK = 100;
 
 /** CPU time (user + system, ms, all threads) a running pid has used, or -1 if gone. */
 export function cpuMsOf(pid: number): number {
+  return cpuMsOfStat(`/proc/${pid}/stat`);
+}
+
+/** CPU time (user + system, ms) from a /proc stat file (a process's or /proc/PID/task/TID/stat), or -1. */
+export function cpuMsOfStat(path: string): number {
   let text: string;
   try {
-    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    text = Deno.readTextFileSync(path);
   } catch {
     return -1;
   }

@@ -1,0 +1,149 @@
+/**
+ * `deno task bench-memory`: one server's memory and CPU over repeated
+ * transfers, round after round, to tell a bounded peak from a slow leak.
+ *
+ *     deno task bench-memory [--size 1G] [--rounds 5] [--main PATH] [--out FILE]
+ *
+ * Starts a real `efx serve` (the serve task's V8 flags, a throwaway
+ * 3072-bit key and storage), then each round uploads a random file of
+ * `--size` and downloads it back with the `efx` CLI (the efx task's V8
+ * flags), checking the SHA-256. Before each transfer the server's VmHWM is
+ * reset (/proc/PID/clear_refs), so each figure is that transfer's peak; after
+ * it the anonymous and file-backed parts of its RSS (RssAnon, RssFile) and
+ * the server's CPU time for it are read from /proc. `--main` runs another
+ * checkout's main.ts (for an A/B of two versions of the code, alternating).
+ * Needs `-A` (Deno guards /proc behind it). Linux only.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import {
+  cpuMsOf,
+  formatTable,
+  freePort,
+  makeRandomFile,
+  parseSize,
+  peakRssOf,
+  resetPeakRss,
+  rssPartsOf,
+  runMeasured,
+  sha256File,
+  startEfxServer,
+} from "./measure.ts";
+import { writeKeyPair } from "../src/keys.ts";
+import { denoTask } from "../tests/helpers/deno_task.ts";
+
+const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
+
+/** One transfer's figures. */
+export interface RoundFigures {
+  round: number;
+  direction: "upload" | "download";
+  ms: number;
+  serverPeakKiB: number;
+  serverAnonKiB: number;
+  serverFileKiB: number;
+  serverCpuMs: number;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      size: { type: "string" },
+      rounds: { type: "string" },
+      main: { type: "string" },
+      out: { type: "string" },
+    },
+  });
+  const size = parseSize(values.size ?? "1G");
+  const rounds = Number(values.rounds ?? 5);
+  const mainTs = values.main ?? new URL("../main.ts", import.meta.url).pathname;
+  const clientFlags = [...PERMISSIONS, `--v8-flags=${denoTask("efx").env.DENO_V8_FLAGS}`];
+  const serverFlags = [...PERMISSIONS, `--v8-flags=${denoTask("serve").env.DENO_V8_FLAGS}`];
+
+  const tmp = await Deno.makeTempDir({ prefix: "efx-bench-mem-" });
+  let server: Deno.ChildProcess | undefined;
+  try {
+    const kp = await writeKeyPair(join(tmp, "keys"), { bits: 3072 });
+    const big = join(tmp, "big.bin");
+    const back = join(tmp, "back.bin");
+    await makeRandomFile(big, size);
+    const sha = await sha256File(big);
+    const port = await freePort();
+    server = await startEfxServer({
+      main: mainTs,
+      flags: serverFlags,
+      port,
+      root: join(tmp, "storage"),
+      key: kp.privatePath,
+    });
+    const pid = server.pid;
+    const conn = ["--server", `127.0.0.1:${port}`, "--server-key", kp.publicPath, "--quiet"];
+    const figures: RoundFigures[] = [];
+    const transfer = async (round: number, direction: "upload" | "download") => {
+      const args = direction === "upload"
+        ? ["upload", big, "--as", "big.bin", "--force"]
+        : ["download", "big.bin", "-o", back, "--force"];
+      resetPeakRss(pid);
+      const cpu0 = cpuMsOf(pid);
+      const r = await runMeasured([
+        Deno.execPath(),
+        "run",
+        ...clientFlags,
+        mainTs,
+        ...args,
+        ...conn,
+      ]);
+      if (r.code !== 0) throw new Error(`efx ${direction} failed: ${r.stderr.trim()}`);
+      const parts = rssPartsOf(pid);
+      figures.push({
+        round,
+        direction,
+        ms: r.ms,
+        serverPeakKiB: peakRssOf(pid),
+        serverAnonKiB: parts.anonKiB,
+        serverFileKiB: parts.fileKiB,
+        serverCpuMs: cpuMsOf(pid) - cpu0,
+      });
+    };
+    for (let round = 1; round <= rounds; round++) {
+      await transfer(round, "upload");
+      await transfer(round, "download");
+      if (await sha256File(back) !== sha) throw new Error(`round ${round}: the download differs`);
+    }
+    const mib = (kib: number) => (kib / 1024).toFixed(1);
+    console.log(
+      `efx server memory, ${rounds} rounds of ${size} bytes up and down, ${mainTs}, ${
+        new Date().toISOString().slice(0, 10)
+      }`,
+    );
+    console.log(formatTable(
+      ["round", "transfer", "MB/s", "peak RSS MiB", "anon MiB", "file MiB", "server CPU ms"],
+      figures.map((f) => [
+        String(f.round),
+        f.direction,
+        (size / 1e6 / (f.ms / 1000)).toFixed(0),
+        mib(f.serverPeakKiB),
+        mib(f.serverAnonKiB),
+        mib(f.serverFileKiB),
+        f.serverCpuMs.toFixed(0),
+      ]),
+    ));
+    if (values.out) {
+      await Deno.writeTextFile(
+        values.out,
+        JSON.stringify({ size, rounds, main: mainTs, figures }, null, 2) + "\n",
+      );
+    }
+  } finally {
+    if (server) {
+      server.kill("SIGTERM");
+      await server.status;
+    }
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+if (import.meta.main) await main();
