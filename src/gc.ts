@@ -14,10 +14,12 @@
  *   ours rarely needs. A server moving 1 GiB up and down, round after
  *   round, grew its malloc heap from 4.6 to 13.6 MiB in three rounds this
  *   way. The record layer reports each record ({@linkcode noteRecord}) and
- *   a collection runs every {@linkcode GC_INTERVAL_RECORDS}: four rounds
- *   (`deno task bench-memory`, 2026-12-03, 2-core Xeon) then peaked at
- *   71.3-76.4 MiB, level from the second, against 71.3-83.9 MiB rising
- *   3 MiB a round without; every 512 records did no better (70.7-75.7).
+ *   collections run as {@linkcode GC_RECORDS} says. `deno task
+ *   bench-memory` (2026-12-03, 2-core Xeon): four rounds of 1 GiB up and
+ *   down peaked at 71.3-83.9 MiB without, rising 3 MiB a round, and at
+ *   70.7-75.7 collecting every 512 records; with 1000 small files a round
+ *   as well, every 512 records or these bounds 72.6-76.3 MiB, every 4096
+ *   records 76.2-80.6, rising.
  *
  * Two ways to collect, measured (bench/floor.ts conditions, 2-core EPYC):
  * - V8's `gc` exposed on the global object (the process was started with
@@ -43,15 +45,27 @@ import * as vm from "node:vm";
 
 /** Bytes of short-lived keystream buffers between two collections (global `gc`). */
 export const GC_INTERVAL_BYTES = 16 * 1024 * 1024;
+/** When records (sealed or opened, whatever their size) call for a collection. */
+export interface RecordBounds {
+  /** After this many records, collect if `minMs` have passed since the last collection. */
+  soft: number;
+  /** After this many, collect regardless. */
+  hard: number;
+  /** Least time between two collections that records below `hard` start. */
+  minMs: number;
+}
+
 /**
- * Records sealed or opened between two collections, whatever their size: a
- * full collection costs a streaming process 4-8 ms, while a record's HMAC
- * object is about 0.4 KiB. So at most ~1.6 MiB of them pile up, and a
- * collection costs 1-2 us per record: ~0.01 ms per MiB of 256 KiB records,
- * and ~10 us per 4 KiB file (a few records each way) where a bound of 512
- * cost ~60 us, 7% of a small file's server time.
+ * A full collection costs a streaming process 4-8 ms. A 1 GiB transfer is
+ * about 500 records a second per process, so it collects every 512 records
+ * (~0.03 ms per MiB). Small files make ten times as many records a second,
+ * and a client can send tiny records faster still: collecting every 512 of
+ * them would cost ~14 us per record, more than its HMAC (~9 us), so any
+ * client could double a record's cost to the server. The time floor caps
+ * such collections at four a second; the hard bound (~1.6 MiB of HMAC
+ * objects) keeps memory bounded however fast records come (~2 us each).
  */
-export const GC_INTERVAL_RECORDS = 4096;
+export const GC_RECORDS: RecordBounds = { soft: 512, hard: 4096, minMs: 250 };
 /** The same through the slow `node:vm` route. */
 export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 
@@ -63,21 +77,27 @@ type GcFn = () => void;
  *
  * @example
  * ```ts
- * const meter = new GarbageMeter(() => console.log("collect"), 1 << 20, 512);
+ * const bounds = { soft: 512, hard: 4096, minMs: 250 };
+ * const meter = new GarbageMeter(() => console.log("collect"), 1 << 20, bounds);
  * meter.buffers(1 << 20); // logs "collect"
- * for (let i = 0; i < 512; i++) meter.record(); // logs "collect" once
+ * for (let i = 0; i < 4096; i++) meter.record(); // logs "collect" once (fast records)
  * ```
  */
 export class GarbageMeter {
   #bytes = 0;
   #records = 0;
   #runs = 0;
+  #noted = 0;
+  #last: number;
 
   constructor(
     readonly collect: GcFn,
     readonly maxBytes: number,
-    readonly maxRecords: number,
-  ) {}
+    readonly records: RecordBounds,
+    readonly now: () => number = () => performance.now(),
+  ) {
+    this.#last = now();
+  }
 
   /** Notes `bytes` of buffers that just became garbage. */
   buffers(bytes: number): void {
@@ -87,7 +107,10 @@ export class GarbageMeter {
 
   /** Notes one record sealed or opened (its native HMAC object). */
   record(): void {
-    if (++this.#records >= this.maxRecords) this.#run();
+    this.#noted++;
+    const n = ++this.#records;
+    if (n < this.records.soft) return;
+    if (n >= this.records.hard || this.now() - this.#last >= this.records.minMs) this.#run();
   }
 
   /** Collections run so far. */
@@ -95,11 +118,17 @@ export class GarbageMeter {
     return this.#runs;
   }
 
+  /** Records noted so far. */
+  get noted(): number {
+    return this.#noted;
+  }
+
   #run(): void {
     this.#bytes = 0;
     this.#records = 0;
     this.#runs++;
     this.collect();
+    this.#last = this.now();
   }
 }
 
@@ -110,14 +139,14 @@ function processMeter(): GarbageMeter {
   if (meter) return meter;
   const exposed = (globalThis as { gc?: unknown }).gc;
   if (typeof exposed === "function") {
-    return meter = new GarbageMeter(exposed as GcFn, GC_INTERVAL_BYTES, GC_INTERVAL_RECORDS);
+    return meter = new GarbageMeter(exposed as GcFn, GC_INTERVAL_BYTES, GC_RECORDS);
   }
   let slow: GcFn = () => {};
   try {
     v8.setFlagsFromString("--expose-gc");
     slow = vm.runInNewContext("gc") as GcFn;
   } catch { /* no way to collect: memory is then higher, behaviour the same */ }
-  return meter = new GarbageMeter(slow, GC_INTERVAL_FALLBACK_BYTES, GC_INTERVAL_RECORDS);
+  return meter = new GarbageMeter(slow, GC_INTERVAL_FALLBACK_BYTES, GC_RECORDS);
 }
 
 /** Notes `bytes` of buffers that just became garbage; collects when enough piled up. */
@@ -125,12 +154,13 @@ export function noteGarbage(bytes: number): void {
   processMeter().buffers(bytes);
 }
 
-/** Notes one record sealed or opened; collects every {@linkcode GC_INTERVAL_RECORDS}. */
+/** Notes one record sealed or opened; collects as {@linkcode GC_RECORDS} says. */
 export function noteRecord(): void {
   processMeter().record();
 }
 
-/** Collections the process's meter has run (for tests and diagnostics). */
-export function gcCollections(): number {
-  return processMeter().runs;
+/** The process's meter's counts: collections run and records noted (for tests and diagnostics). */
+export function gcStats(): { collections: number; records: number } {
+  const m = processMeter();
+  return { collections: m.runs, records: m.noted };
 }
