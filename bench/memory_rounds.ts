@@ -2,7 +2,7 @@
  * `deno task bench-memory`: one server's memory and CPU over repeated
  * transfers, round after round, to tell a bounded peak from a slow leak.
  *
- *     deno task bench-memory [--size 1G] [--rounds 5] [--main PATH] [--out FILE]
+ *     deno task bench-memory [--size 1G] [--rounds 5] [--files N] [--main PATH] [--out FILE]
  *
  * Starts a real `efx serve` (the serve task's V8 flags, a throwaway
  * 3072-bit key and storage), then each round uploads a random file of
@@ -10,7 +10,9 @@
  * flags), checking the SHA-256. Before each transfer the server's VmHWM is
  * reset (/proc/PID/clear_refs), so each figure is that transfer's peak; after
  * it the anonymous and file-backed parts of its RSS (RssAnon, RssFile) and
- * the server's CPU time for it are read from /proc. `--main` runs another
+ * the server's CPU time for it are read from /proc. `--files N` adds to each
+ * round an upload of N files of 4 KiB in one invocation (as `deno task
+ * bench` does between its rounds). `--main` runs another
  * checkout's main.ts (for an A/B of two versions of the code, alternating).
  * Needs `-A` (Deno guards /proc behind it). Linux only.
  *
@@ -39,7 +41,7 @@ const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-en
 /** One transfer's figures. */
 export interface RoundFigures {
   round: number;
-  direction: "upload" | "download";
+  direction: "upload" | "download" | "small files";
   ms: number;
   serverPeakKiB: number;
   serverAnonKiB: number;
@@ -53,12 +55,14 @@ async function main(): Promise<void> {
     options: {
       size: { type: "string" },
       rounds: { type: "string" },
+      files: { type: "string" },
       main: { type: "string" },
       out: { type: "string" },
     },
   });
   const size = parseSize(values.size ?? "1G");
   const rounds = Number(values.rounds ?? 5);
+  const nFiles = Number(values.files ?? 0);
   const mainTs = values.main ?? new URL("../main.ts", import.meta.url).pathname;
   const clientFlags = [...PERMISSIONS, `--v8-flags=${denoTask("efx").env.DENO_V8_FLAGS}`];
   const serverFlags = [...PERMISSIONS, `--v8-flags=${denoTask("serve").env.DENO_V8_FLAGS}`];
@@ -71,6 +75,13 @@ async function main(): Promise<void> {
     const back = join(tmp, "back.bin");
     await makeRandomFile(big, size);
     const sha = await sha256File(big);
+    const smallDir = join(tmp, "small");
+    await Deno.mkdir(smallDir);
+    const smallNames: string[] = [];
+    for (let i = 0; i < nFiles; i++) {
+      smallNames.push(`f${String(i).padStart(4, "0")}.bin`);
+      await makeRandomFile(join(smallDir, smallNames[i]), 4096);
+    }
     const port = await freePort();
     server = await startEfxServer({
       main: mainTs,
@@ -82,10 +93,12 @@ async function main(): Promise<void> {
     const pid = server.pid;
     const conn = ["--server", `127.0.0.1:${port}`, "--server-key", kp.publicPath, "--quiet"];
     const figures: RoundFigures[] = [];
-    const transfer = async (round: number, direction: "upload" | "download") => {
+    const transfer = async (round: number, direction: RoundFigures["direction"]) => {
       const args = direction === "upload"
         ? ["upload", big, "--as", "big.bin", "--force"]
-        : ["download", "big.bin", "-o", back, "--force"];
+        : direction === "download"
+        ? ["download", "big.bin", "-o", back, "--force"]
+        : ["upload", ...smallNames, "--force"];
       resetPeakRss(pid);
       const cpu0 = cpuMsOf(pid);
       const r = await runMeasured([
@@ -95,7 +108,7 @@ async function main(): Promise<void> {
         mainTs,
         ...args,
         ...conn,
-      ]);
+      ], { cwd: smallDir });
       if (r.code !== 0) throw new Error(`efx ${direction} failed: ${r.stderr.trim()}`);
       const parts = rssPartsOf(pid);
       figures.push({
@@ -112,6 +125,7 @@ async function main(): Promise<void> {
       await transfer(round, "upload");
       await transfer(round, "download");
       if (await sha256File(back) !== sha) throw new Error(`round ${round}: the download differs`);
+      if (nFiles > 0) await transfer(round, "small files");
     }
     const mib = (kib: number) => (kib / 1024).toFixed(1);
     console.log(
@@ -124,7 +138,7 @@ async function main(): Promise<void> {
       figures.map((f) => [
         String(f.round),
         f.direction,
-        (size / 1e6 / (f.ms / 1000)).toFixed(0),
+        f.direction === "small files" ? "-" : (size / 1e6 / (f.ms / 1000)).toFixed(0),
         mib(f.serverPeakKiB),
         mib(f.serverAnonKiB),
         mib(f.serverFileKiB),
@@ -134,7 +148,7 @@ async function main(): Promise<void> {
     if (values.out) {
       await Deno.writeTextFile(
         values.out,
-        JSON.stringify({ size, rounds, main: mainTs, figures }, null, 2) + "\n",
+        JSON.stringify({ size, rounds, files: nFiles, main: mainTs, figures }, null, 2) + "\n",
       );
     }
   } finally {
