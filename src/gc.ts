@@ -15,11 +15,12 @@
  *   round, grew its malloc heap from 4.6 to 13.6 MiB in three rounds this
  *   way. The record layer reports each record ({@linkcode noteRecord}) and
  *   collections run as {@linkcode GC_RECORDS} says. `deno task
- *   bench-memory` (2026-12-03, 2-core Xeon): four rounds of 1 GiB up and
- *   down peaked at 71.3-83.9 MiB without, rising 3 MiB a round, and at
- *   70.7-75.7 collecting every 512 records; with 1000 small files a round
- *   as well, every 512 records or these bounds 72.6-76.3 MiB, every 4096
- *   records 76.2-80.6, rising.
+ *   bench-memory` (2026-12-03, 2-core Xeon; bench/memory_results.json):
+ *   four rounds of 1 GiB up and down peaked at 71.3-83.9 MiB without,
+ *   climbing to 83-84 MiB by the third round, and at 70.7-75.7 collecting
+ *   every 512 records. The uploads of 1000 small files added to each
+ *   round peaked 3.5-4 MiB higher collecting every 4096 records (up to
+ *   80.6 MiB) than every 512 or with these bounds (up to 76.3).
  *
  * Two ways to collect, measured (bench/floor.ts conditions, 2-core EPYC):
  * - V8's `gc` exposed on the global object (the process was started with
@@ -58,14 +59,30 @@ export interface RecordBounds {
 /**
  * A full collection costs a streaming process 4-8 ms. A 1 GiB transfer is
  * about 500 records a second per process, so it collects every 512 records
- * (~0.03 ms per MiB). Small files make ten times as many records a second,
- * and a client can send tiny records faster still: collecting every 512 of
- * them would cost ~14 us per record, more than its HMAC (~9 us), so any
- * client could double a record's cost to the server. The time floor caps
- * such collections at four a second; the hard bound (~1.6 MiB of HMAC
- * objects) keeps memory bounded however fast records come (~2 us each).
+ * (~0.03-0.06 ms per MiB). Small files make several times as many records
+ * a second, and a client can send tiny records faster still: collecting
+ * every 512 of them would cost ~14 us per record, about what the record's
+ * own HMAC costs (`createHmac` on a small input measured 9-13 us here), so
+ * a client could near double a tiny record's cost to the server. Below
+ * `hard` the time floor caps collections at four a second; above it they
+ * come every 2048 records (~3.4 us each), which bounds the HMAC objects
+ * left however fast records come (4096 let small-file uploads peak 3.5-4
+ * MiB higher than 512; see the module text).
  */
-export const GC_RECORDS: RecordBounds = { soft: 512, hard: 4096, minMs: 250 };
+export const GC_RECORDS: Readonly<RecordBounds> = Object.freeze({
+  soft: 512,
+  hard: 2048,
+  minMs: 250,
+});
+/**
+ * The bounds on the slow `node:vm` route, where a collection costs ~20 ms:
+ * the same memory in steady streams, the time floor four times as long.
+ */
+export const GC_RECORDS_FALLBACK: Readonly<RecordBounds> = Object.freeze({
+  soft: 512,
+  hard: 8192,
+  minMs: 1000,
+});
 /** The same through the slow `node:vm` route. */
 export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 
@@ -80,7 +97,8 @@ type GcFn = () => void;
  * const bounds = { soft: 512, hard: 4096, minMs: 250 };
  * const meter = new GarbageMeter(() => console.log("collect"), 1 << 20, bounds);
  * meter.buffers(1 << 20); // logs "collect"
- * for (let i = 0; i < 4096; i++) meter.record(); // logs "collect" once (fast records)
+ * // Records in quick succession: "collect" once, at the 4096th.
+ * for (let i = 0; i < 4096; i++) meter.record();
  * ```
  */
 export class GarbageMeter {
@@ -93,9 +111,12 @@ export class GarbageMeter {
   constructor(
     readonly collect: GcFn,
     readonly maxBytes: number,
-    readonly records: RecordBounds,
+    readonly bounds: Readonly<RecordBounds>,
     readonly now: () => number = () => performance.now(),
   ) {
+    if (!(bounds.soft > 0 && bounds.soft <= bounds.hard)) {
+      throw new RangeError("record bounds need 0 < soft <= hard");
+    }
     this.#last = now();
   }
 
@@ -109,8 +130,8 @@ export class GarbageMeter {
   record(): void {
     this.#noted++;
     const n = ++this.#records;
-    if (n < this.records.soft) return;
-    if (n >= this.records.hard || this.now() - this.#last >= this.records.minMs) this.#run();
+    if (n < this.bounds.soft) return;
+    if (n >= this.bounds.hard || this.now() - this.#last >= this.bounds.minMs) this.#run();
   }
 
   /** Collections run so far. */
@@ -146,7 +167,7 @@ function processMeter(): GarbageMeter {
     v8.setFlagsFromString("--expose-gc");
     slow = vm.runInNewContext("gc") as GcFn;
   } catch { /* no way to collect: memory is then higher, behaviour the same */ }
-  return meter = new GarbageMeter(slow, GC_INTERVAL_FALLBACK_BYTES, GC_RECORDS);
+  return meter = new GarbageMeter(slow, GC_INTERVAL_FALLBACK_BYTES, GC_RECORDS_FALLBACK);
 }
 
 /** Notes `bytes` of buffers that just became garbage; collects when enough piled up. */
@@ -159,8 +180,12 @@ export function noteRecord(): void {
   processMeter().record();
 }
 
-/** The process's meter's counts: collections run and records noted (for tests and diagnostics). */
-export function gcStats(): { collections: number; records: number } {
+/** The process's meter: collections run, records noted, its bounds (for tests and diagnostics). */
+export function gcStats(): {
+  collections: number;
+  records: number;
+  bounds: Readonly<RecordBounds>;
+} {
   const m = processMeter();
-  return { collections: m.runs, records: m.noted };
+  return { collections: m.runs, records: m.noted, bounds: m.bounds };
 }

@@ -1,5 +1,11 @@
-import { equal as assertEquals } from "node:assert/strict";
-import { GarbageMeter, GC_RECORDS, gcStats, type RecordBounds } from "../src/gc.ts";
+import assert, { equal as assertEquals } from "node:assert/strict";
+import {
+  GarbageMeter,
+  GC_RECORDS,
+  GC_RECORDS_FALLBACK,
+  gcStats,
+  type RecordBounds,
+} from "../src/gc.ts";
 import { RecordOpener, RecordSealer, RecordType } from "../src/record.ts";
 
 /** A meter on a clock the test moves, counting its collections. */
@@ -67,9 +73,31 @@ Deno.test("GarbageMeter: one collection starts both counts afresh", () => {
   assertEquals(meter.runs, 3);
 });
 
-Deno.test("the process's record bounds: soft below hard, a time floor", () => {
-  assertEquals(GC_RECORDS.soft < GC_RECORDS.hard, true);
-  assertEquals(GC_RECORDS.minMs > 0, true);
+Deno.test("GarbageMeter: a collection by the hard bound or by buffers restarts the time floor", () => {
+  const { meter, clock } = testMeter(1000, BOUNDS);
+  clock.ms = 1000;
+  for (let i = 0; i < BOUNDS.hard; i++) meter.record(); // soft at 10 (time passed), then...
+  const afterHard = meter.runs;
+  clock.ms += BOUNDS.minMs - 1;
+  meter.buffers(1000); // a buffer collection just before the floor would open
+  assertEquals(meter.runs, afterHard + 1);
+  clock.ms += BOUNDS.minMs - 1; // minMs since the hard collection, not since the buffer one
+  for (let i = 0; i < BOUNDS.soft; i++) meter.record();
+  assertEquals(meter.runs, afterHard + 1, "the buffer collection restarted the wait");
+  clock.ms += 1;
+  meter.record();
+  assertEquals(meter.runs, afterHard + 2);
+});
+
+Deno.test("GarbageMeter refuses bounds with soft above hard", () => {
+  assert.throws(() => testMeter(1000, { soft: 10, hard: 5, minMs: 1 }), RangeError);
+});
+
+Deno.test("the process's record bounds: soft below hard, a time floor, on both routes", () => {
+  for (const b of [GC_RECORDS, GC_RECORDS_FALLBACK]) {
+    assertEquals(b.soft < b.hard && b.minMs > 0, true);
+  }
+  assertEquals(GC_RECORDS_FALLBACK.minMs > GC_RECORDS.minMs, true, "the slow route waits longer");
 });
 
 Deno.test("the record layer reports every record sealed and opened to the process's meter", async () => {
@@ -77,15 +105,21 @@ Deno.test("the record layer reports every record sealed and opened to the proces
   const sealer = await RecordSealer.create(keys, undefined, 2);
   const opener = await RecordOpener.create(keys, { version: 2 });
   const before = gcStats();
-  const n = GC_RECORDS.hard;
+  const { bounds } = before; // GC_RECORDS, or the fallback's where gc is not exposed
+  const n = bounds.hard;
   for (let i = 0; i < n; i++) {
     const frame = await sealer.seal(RecordType.DATA, 0, new Uint8Array(16));
     await opener.open(frame);
   }
   const after = gcStats();
   assertEquals(after.records - before.records, 2 * n, "each seal and each open noted once");
-  // 2n records: at least the two the hard bound forces (version 2 leaves no
-  // keystream buffers, so nothing else collects), at most one per soft bound.
+  // A sanity check (the exact count depends on the clock): 2n records make
+  // at least the four the hard bound forces (version 2 leaves no keystream
+  // buffers, so nothing else collects) and at most one per soft bound.
   const runs = after.collections - before.collections;
-  assertEquals(runs >= 2 && runs <= (2 * n) / GC_RECORDS.soft, true, `${runs} collections`);
+  assertEquals(
+    runs >= (2 * n) / bounds.hard && runs <= (2 * n) / bounds.soft,
+    true,
+    `${runs} collections`,
+  );
 });
