@@ -27,11 +27,13 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import {
+  benchFlags,
   cpuMsOf,
   formatTable,
   freePort,
   machineInfo,
   makeRandomFile,
+  makeSmallFiles,
   median,
   parseSize,
   peakRssOf,
@@ -47,24 +49,14 @@ import { describeFloor, type Floor, measureFloor } from "./floor.ts";
 import { describeOneSide, oneSide } from "./one_side.ts";
 import { EfxClient } from "../src/client.ts";
 import { writeKeyPair } from "../src/keys.ts";
-import { denoTask } from "../tests/helpers/deno_task.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = join(ROOT, "main.ts");
-/** Broad permissions (the servers here use throwaway paths, not the serve task's). */
-const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
-
-/** The V8 flags a deno.json task sets through its `DENO_V8_FLAGS=` prefix. */
-function taskV8Flags(task: string): string {
-  const flags = denoTask(task).env.DENO_V8_FLAGS;
-  if (!flags) throw new Error(`deno.json task ${task} sets no DENO_V8_FLAGS`);
-  return flags;
-}
 
 /** The clients': the `efx` task's V8 flags. */
-const CLIENT_FLAGS = [...PERMISSIONS, `--v8-flags=${taskV8Flags("efx")}`];
+const CLIENT_FLAGS = benchFlags("efx");
 /** The servers': the `serve` task's V8 flags (a 1 MiB young generation: see README). */
-const SERVER_FLAGS = [...PERMISSIONS, `--v8-flags=${taskV8Flags("serve")}`];
+const SERVER_FLAGS = benchFlags("serve");
 
 // `--s3`: the S3 backend's benchmark instead (bench/s3.ts).
 if (Deno.args.includes("--s3")) {
@@ -143,15 +135,9 @@ try {
   const bigSha = await sha256File(big);
   const smallDir = join(tmp, "small");
   await Deno.mkdir(smallDir);
-  const smallNames: string[] = [];
+  const smallNames = await makeSmallFiles(smallDir, nFiles);
   const smallSha = new Map<string, string>();
-  for (let i = 0; i < nFiles; i++) {
-    const name = `f${String(i).padStart(4, "0")}.bin`;
-    const p = join(smallDir, name);
-    await makeRandomFile(p, 4096);
-    smallNames.push(name);
-    smallSha.set(name, await sha256File(p));
-  }
+  for (const name of smallNames) smallSha.set(name, await sha256File(join(smallDir, name)));
 
   // The crypto floor, measured in this process before and after the efx runs.
   const floors: Floor[] = [await measureFloor()];

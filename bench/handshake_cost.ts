@@ -24,8 +24,14 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { SecureChannel } from "../src/channel.ts";
 import { writeKeyPair } from "../src/keys.ts";
-import { cpuMsOf, cpuMsOfStat, freePort, percentile, startEfxServer } from "./measure.ts";
-import { denoTask } from "../tests/helpers/deno_task.ts";
+import {
+  cpuMsOf,
+  cpuMsOfStat,
+  freePort,
+  percentile,
+  startEfxServer,
+  taskV8Flag,
+} from "./measure.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -119,7 +125,7 @@ async function main(): Promise<void> {
   const { privatePath } = await writeKeyPair(tmp, { bits: 3072 });
   const server = await startEfxServer({
     main: MAIN,
-    flags: ["-A", `--v8-flags=${denoTask("serve").env.DENO_V8_FLAGS}`], // the serve task's V8
+    flags: ["-A", taskV8Flag("serve")],
     port,
     root: join(tmp, "storage"),
     key: privatePath,

@@ -28,6 +28,8 @@
  */
 
 import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { denoTask } from "../tests/helpers/deno_task.ts";
 
 export interface MeasureOptions {
   env?: Record<string, string>;
@@ -70,16 +72,22 @@ const SIGNALS: Record<string, number> = {
   SIGTERM: 15,
 };
 
-/** Peak RSS (VmHWM, KiB) of a running pid, or 0 if gone (or a zombie / kernel thread). */
-export function peakRssOf(pid: number): number {
-  let text: string;
+/** KiB fields of /proc/<pid>/status (e.g. VmHWM, RssAnon); each 0 if absent or the pid is gone. */
+export function statusKiB<F extends string>(pid: number, fields: F[]): Record<F, number> {
+  let text = "";
   try {
     text = Deno.readTextFileSync(`/proc/${pid}/status`);
-  } catch {
-    return 0;
+  } catch { /* gone */ }
+  const out = {} as Record<F, number>;
+  for (const f of fields) {
+    out[f] = Number(new RegExp(`^${f}:\\s+(\\d+)\\s+kB`, "m").exec(text)?.[1] ?? 0);
   }
-  const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(text);
-  return m ? Number(m[1]) : 0;
+  return out;
+}
+
+/** Peak RSS (VmHWM, KiB) of a running pid, or 0 if gone (or a zombie / kernel thread). */
+export function peakRssOf(pid: number): number {
+  return statusKiB(pid, ["VmHWM"]).VmHWM;
 }
 
 /** A `--size` value: bytes, or a count with K, M or G (binary units: `256M` is 256 MiB). */
@@ -89,15 +97,29 @@ export function parseSize(s: string): number {
   return Number(m[1]) * ({ "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2].toUpperCase()]!);
 }
 
-/** Current RSS of a running pid split in its anonymous and file-backed parts (KiB; 0 if gone). */
-export function rssPartsOf(pid: number): { anonKiB: number; fileKiB: number } {
-  let text = "";
-  try {
-    text = Deno.readTextFileSync(`/proc/${pid}/status`);
-  } catch { /* gone */ }
-  const kib = (field: string) =>
-    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? 0);
-  return { anonKiB: kib("RssAnon"), fileKiB: kib("RssFile") };
+/** Broad permissions for the bench's own efx processes (throwaway paths, not the serve task's). */
+export const BENCH_PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
+
+/** `--v8-flags=...` with the V8 flags deno.json task `task` sets (`DENO_V8_FLAGS=`). */
+export function taskV8Flag(task: string): string {
+  const v8 = denoTask(task).env.DENO_V8_FLAGS;
+  if (!v8) throw new Error(`deno.json task ${task} sets no DENO_V8_FLAGS`);
+  return `--v8-flags=${v8}`;
+}
+
+/** The bench's permissions with the V8 flags of deno.json task `task`. */
+export function benchFlags(task: string): string[] {
+  return [...BENCH_PERMISSIONS, taskV8Flag(task)];
+}
+
+/** Writes `n` random files of `bytes` named f0000.bin, f0001.bin, ... into `dir`; returns the names. */
+export async function makeSmallFiles(dir: string, n: number, bytes = 4096): Promise<string[]> {
+  const names: string[] = [];
+  for (let i = 0; i < n; i++) {
+    names.push(`f${String(i).padStart(4, "0")}.bin`);
+    await makeRandomFile(join(dir, names[i]), bytes);
+  }
+  return names;
 }
 
 /** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux). */

@@ -21,22 +21,20 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import {
+  benchFlags,
   cpuMsOf,
   formatTable,
   freePort,
   makeRandomFile,
+  makeSmallFiles,
   parseSize,
-  peakRssOf,
   resetPeakRss,
-  rssPartsOf,
   runMeasured,
   sha256File,
   startEfxServer,
+  statusKiB,
 } from "./measure.ts";
 import { writeKeyPair } from "../src/keys.ts";
-import { denoTask } from "../tests/helpers/deno_task.ts";
-
-const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env"];
 
 /** One transfer's figures. */
 export interface RoundFigures {
@@ -64,8 +62,8 @@ async function main(): Promise<void> {
   const rounds = Number(values.rounds ?? 5);
   const nFiles = Number(values.files ?? 0);
   const mainTs = values.main ?? new URL("../main.ts", import.meta.url).pathname;
-  const clientFlags = [...PERMISSIONS, `--v8-flags=${denoTask("efx").env.DENO_V8_FLAGS}`];
-  const serverFlags = [...PERMISSIONS, `--v8-flags=${denoTask("serve").env.DENO_V8_FLAGS}`];
+  const clientFlags = benchFlags("efx");
+  const serverFlags = benchFlags("serve");
 
   const tmp = await Deno.makeTempDir({ prefix: "efx-bench-mem-" });
   let server: Deno.ChildProcess | undefined;
@@ -77,11 +75,7 @@ async function main(): Promise<void> {
     const sha = await sha256File(big);
     const smallDir = join(tmp, "small");
     await Deno.mkdir(smallDir);
-    const smallNames: string[] = [];
-    for (let i = 0; i < nFiles; i++) {
-      smallNames.push(`f${String(i).padStart(4, "0")}.bin`);
-      await makeRandomFile(join(smallDir, smallNames[i]), 4096);
-    }
+    const smallNames = await makeSmallFiles(smallDir, nFiles);
     const port = await freePort();
     server = await startEfxServer({
       main: mainTs,
@@ -110,14 +104,14 @@ async function main(): Promise<void> {
         ...conn,
       ], { cwd: smallDir });
       if (r.code !== 0) throw new Error(`efx ${direction} failed: ${r.stderr.trim()}`);
-      const parts = rssPartsOf(pid);
+      const kib = statusKiB(pid, ["VmHWM", "RssAnon", "RssFile"]);
       figures.push({
         round,
         direction,
         ms: r.ms,
-        serverPeakKiB: peakRssOf(pid),
-        serverAnonKiB: parts.anonKiB,
-        serverFileKiB: parts.fileKiB,
+        serverPeakKiB: kib.VmHWM,
+        serverAnonKiB: kib.RssAnon,
+        serverFileKiB: kib.RssFile,
         serverCpuMs: cpuMsOf(pid) - cpu0,
       });
     };

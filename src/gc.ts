@@ -46,6 +46,8 @@ import * as vm from "node:vm";
 
 /** Bytes of short-lived keystream buffers between two collections (global `gc`). */
 export const GC_INTERVAL_BYTES = 16 * 1024 * 1024;
+/** The same through the slow `node:vm` route. */
+export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 /** When records (sealed or opened, whatever their size) call for a collection. */
 export interface RecordBounds {
   /** After this many records, collect if `minMs` have passed since the last collection. */
@@ -83,8 +85,6 @@ export const GC_RECORDS_FALLBACK: Readonly<RecordBounds> = Object.freeze({
   hard: 8192,
   minMs: 1000,
 });
-/** The same through the slow `node:vm` route. */
-export const GC_INTERVAL_FALLBACK_BYTES = 24 * 1024 * 1024;
 
 type GcFn = () => void;
 
